@@ -1,0 +1,191 @@
+"""The files connector: a directory (with globs) or one file of .txt, .md, .html, .json, .jsonl, .csv.
+
+* ``.txt`` / ``.md``: one document per file, id = the path relative to the root.
+* ``.html`` / ``.htm``: text extracted with a real HTML parser (BeautifulSoup + lxml);
+  scripts, styles and navigation dropped; ``<title>`` kept as metadata.
+* ``.json`` (a list of objects, or one object), ``.jsonl`` (an object per line), ``.csv``
+  (a header row): one document per record, with a field mapping -- ``text_field`` (or
+  several, joined by a blank line), ``id_field`` (else ``<file>#<row>``) and
+  ``metadata_fields`` (else every other scalar field).
+
+A file that cannot be read (binary, not UTF-8, no permission) or a record that is
+malformed (bad JSON line, missing text field) is yielded as :class:`Skipped` with the
+file (and line) and the reason; the rest of the batch goes on.
+
+Example:
+    >>> from rag_lfm.connectors import Files
+    >>> docs = Files("notes/", glob="**/*.md")                       # doctest: +SKIP
+    >>> rows = Files("products.csv", text_field="description", id_field="sku")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from rag_lfm.connectors.base import register_connector
+from rag_lfm.errors import ConfigError
+from rag_lfm.types import Document, Skipped
+
+TEXT_TYPES = (".txt", ".md", ".markdown", ".rst")
+HTML_TYPES = (".html", ".htm")
+RECORD_TYPES = (".json", ".jsonl", ".csv")
+SUPPORTED = TEXT_TYPES + HTML_TYPES + RECORD_TYPES
+
+
+class Files:
+    """Documents from files under ``path``.
+
+    Args:
+        path: a directory or a single file.
+        glob: pattern(s) relative to ``path`` (default: every supported file, recursively).
+        text_field: for JSON/JSONL/CSV records, the field (or list of fields) holding the text.
+        id_field: for records, the field holding a stable id (default ``<file>#<row number>``).
+        metadata_fields: for records, the fields kept as metadata (default: every other scalar field).
+        encoding: text encoding of the files.
+        name: the source id (default ``files:<path>``).
+    """
+
+    complete = True
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        glob: str | list[str] = "**/*",
+        text_field: str | list[str] | None = None,
+        id_field: str | None = None,
+        metadata_fields: list[str] | None = None,
+        encoding: str = "utf-8",
+        name: str | None = None,
+    ) -> None:
+        self.root = Path(path).expanduser()
+        if not self.root.exists():
+            raise ConfigError(f"files connector: path {path!r} does not exist; pass an existing file or directory")
+        self.globs = [glob] if isinstance(glob, str) else list(glob)
+        self.text_fields = [text_field] if isinstance(text_field, str) else list(text_field or [])
+        self.id_field = id_field
+        self.metadata_fields = metadata_fields
+        self.encoding = encoding
+        self.source_id = name or f"files:{Path(path).as_posix().rstrip('/')}"
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": "files", "path": str(self.root), "glob": self.globs, "text_field": self.text_fields or None, "id_field": self.id_field}
+
+    def paths(self) -> list[Path]:
+        if self.root.is_file():
+            return [self.root]
+        found: set[Path] = set()
+        for pattern in self.globs:
+            found.update(p for p in self.root.glob(pattern) if p.is_file())
+        # Default glob: supported types only; an explicit pattern reports what it cannot read.
+        if self.globs == ["**/*"]:
+            found = {p for p in found if p.suffix.lower() in SUPPORTED}
+        return sorted(found)
+
+    def __len__(self) -> int:
+        return len(self.paths())
+
+    def iter_documents(self) -> Iterator[Document | Skipped]:
+        for p in self.paths():
+            rel = p.name if self.root.is_file() else p.relative_to(self.root).as_posix()
+            suffix = p.suffix.lower()
+            if suffix not in SUPPORTED:
+                yield Skipped(rel, f"unsupported file type {suffix or '(none)'!r}; supported: {', '.join(SUPPORTED)}")
+                continue
+            try:
+                raw = p.read_bytes()
+            except OSError as exc:
+                yield Skipped(rel, f"cannot read file: {exc.strerror or exc}")
+                continue
+            if b"\x00" in raw[:8192]:
+                yield Skipped(rel, "binary file (NUL bytes); only text files are ingested")
+                continue
+            try:
+                text = raw.decode(self.encoding)
+            except UnicodeDecodeError as exc:
+                yield Skipped(rel, f"not valid {self.encoding} text ({exc.reason} at byte {exc.start}); pass encoding=... or convert the file")
+                continue
+            if suffix in TEXT_TYPES:
+                yield Document(rel, text, {"path": rel, "type": suffix.lstrip(".")})
+            elif suffix in HTML_TYPES:
+                yield _html_document(rel, text)
+            else:
+                yield from self._records(rel, suffix, text)
+
+    def _records(self, rel: str, suffix: str, text: str) -> Iterator[Document | Skipped]:
+        if not self.text_fields:
+            yield Skipped(rel, f"{suffix} files hold records: pass text_field= (the field with the text) to ingest them")
+            return
+        if suffix == ".json":
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as exc:
+                yield Skipped(rel, f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}")
+                return
+            records = data if isinstance(data, list) else [data]
+            for i, rec in enumerate(records):
+                yield self._record(rel, f"{rel}#{i}", rec)
+        elif suffix == ".jsonl":
+            for lineno, line in enumerate(text.splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield Skipped(f"{rel}:{lineno}", f"invalid JSON line: {exc.msg} at column {exc.colno}")
+                    continue
+                yield self._record(rel, f"{rel}:{lineno}", rec)
+        else:
+            reader = csv.DictReader(io.StringIO(text, newline=""))
+            try:
+                for rec in reader:
+                    where = f"{rel}:{reader.line_num}"
+                    if None in rec:
+                        yield Skipped(where, f"row has {len(rec) - 1 + len(rec[None])} fields but the header has {len(reader.fieldnames or [])}")
+                        continue
+                    yield self._record(rel, where, rec)
+            except csv.Error as exc:
+                yield Skipped(f"{rel}:{reader.line_num}", f"malformed CSV: {exc}")
+
+    def _record(self, rel: str, where: str, rec: Any) -> Document | Skipped:
+        if not isinstance(rec, dict):
+            return Skipped(where, f"record is a {type(rec).__name__}, not an object")
+        missing = [f for f in self.text_fields if f not in rec]
+        if missing:
+            return Skipped(where, f"record has no text field {missing[0]!r}; its fields: {', '.join(map(str, rec))}")
+        text = "\n\n".join(str(rec[f]) for f in self.text_fields if rec[f] not in (None, ""))
+        if self.id_field is not None:
+            if rec.get(self.id_field) in (None, ""):
+                return Skipped(where, f"record has no id field {self.id_field!r}")
+            doc_id = str(rec[self.id_field])
+        else:
+            doc_id = where.replace(":", "#", 1) if ":" in where else where
+        skip = set(self.text_fields) | ({self.id_field} if self.id_field else set())
+        keys = self.metadata_fields if self.metadata_fields is not None else [k for k in rec if k not in skip]
+        meta = {k: rec[k] for k in keys if k in rec and isinstance(rec[k], (str, int, float, bool))}
+        meta.setdefault("path", rel)
+        return Document(doc_id, text, meta)
+
+
+def _html_document(rel: str, html: str) -> Document:
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(html, "lxml")
+    title = soup.title.get_text(" ", strip=True) if soup.title else ""
+    for tag in soup(["script", "style", "noscript", "nav", "header", "footer", "template", "svg"]):
+        tag.decompose()
+    body = soup.body or soup
+    lines = [ln.strip() for ln in body.get_text("\n").splitlines()]
+    text = "\n".join(ln for ln in lines if ln)
+    meta: dict[str, Any] = {"path": rel, "type": "html"}
+    if title:
+        meta["title"] = title
+    return Document(rel, text, meta)
+
+
+register_connector("files", Files)
