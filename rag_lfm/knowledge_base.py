@@ -336,6 +336,7 @@ class KnowledgeBase:
                 gone = [k for k in self.docstore.doc_keys_of_source(source_id) if k not in seen]
                 if gone:
                     report.deleted += self._delete_keys(gone)
+                    report.commits += 1
             self._record_source(source_id, connector, report)
         bar.close()
         report.seconds = time.perf_counter() - t0
@@ -514,10 +515,14 @@ class KnowledgeBase:
         return len(keys)
 
     def _record_source(self, source_id: str, connector: Any, report: IngestReport) -> None:
+        # The spec lets `rag-lfm sync` rebuild this connector later; "name" keeps its source id.
         describe = getattr(connector, "describe", None)
+        spec = getattr(connector, "spec", None) or (describe() if callable(describe) else None)
+        if isinstance(spec, dict):
+            spec = {**spec, "name": source_id}
         info = {
             "type": type(connector).__name__,
-            "spec": describe() if callable(describe) else None,
+            "spec": spec,
             "last_sync": time.time(),
             "last_report": {k: v for k, v in report.to_dict().items() if k not in ("failed",)} | {"failed": len(report.failed)},
         }

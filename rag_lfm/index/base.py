@@ -7,7 +7,7 @@ into the right structure:
   this size a flat scan takes ~1-10 ms per query on 2 cores, so approximation buys
   little and costs recall;
 * from 100,000 vectors: ``IVF{nlist},Flat`` with ``nlist`` = 4*sqrt(n) rounded to a
-  power of two and ``nprobe`` = nlist/8 (recall@10 >= 0.99 of exact on our
+  power of two and ``nprobe`` = nlist/8, at least 8 (recall@10 >= 0.99 of exact on our
   measurements), trained on the stored vectors. IVF supports removal, so syncs stay
   cheap;
 * from 2,000,000 vectors: ``IVF{nlist},SQ8`` (4x less memory, recall kept by the

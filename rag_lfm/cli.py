@@ -1,0 +1,209 @@
+"""`rag-lfm`: the index-building CLI, a thin layer over the Python API.
+
+    rag-lfm ingest SOURCE --index PATH     # a file, a folder, or a TOML spec from connectors/
+    rag-lfm sync PATH                      # re-run every source recorded in the index
+    rag-lfm search PATH "query" -k 5 --filter '{"topic": "History"}'
+    rag-lfm info PATH
+    rag-lfm delete PATH DOC_ID ... [--source S]
+
+Every command takes ``--json`` for scripts; errors print one line naming the input and
+the fix, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from rag_lfm.errors import RagLfmError
+
+app = typer.Typer(help="rag-lfm: build, sync and search retrieval indexes for a frozen foundation model.", no_args_is_help=True, add_completion=False)
+eval_app = typer.Typer(help="Evaluate retrieval and question answering.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")]
+
+
+def _fail(exc: BaseException) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(2)
+
+
+def _emit(obj: Any, as_json: bool, text: str) -> None:
+    typer.echo(json.dumps(obj, default=str, ensure_ascii=False) if as_json else text)
+
+
+@app.command()
+def ingest(
+    source: Annotated[str, typer.Argument(help="A file, a folder, or a TOML source spec (see connectors/).")],
+    index: Annotated[Optional[str], typer.Option("--index", "-i", help="Index directory (default: the spec's [index].path).")] = None,
+    embedder: Annotated[Optional[str], typer.Option(help="Embedder for a new index (default all-MiniLM-L6-v2).")] = None,
+    index_type: Annotated[Optional[str], typer.Option("--index-type", help="'auto' or a FAISS factory string, for a new index.")] = None,
+    embedder_backend: Annotated[Optional[str], typer.Option(help="torch, onnx or onnx-int8, for a new index.")] = None,
+    chunk_size: Annotated[Optional[int], typer.Option(help="Tokens per chunk, for a new index.")] = None,
+    glob: Annotated[Optional[str], typer.Option(help="For a folder: which files (e.g. '**/*.md').")] = None,
+    text_field: Annotated[Optional[str], typer.Option(help="For JSON/JSONL/CSV files: the text field.")] = None,
+    id_field: Annotated[Optional[str], typer.Option(help="For JSON/JSONL/CSV files: the id field.")] = None,
+    commit_every: Annotated[int, typer.Option(help="Commit every N documents.")] = 1000,
+    sync: Annotated[bool, typer.Option("--sync", help="Also delete documents the source no longer has.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ingest a source into an index (created if needed); unchanged documents are skipped."""
+    from rag_lfm.connectors.files import Files
+    from rag_lfm.connectors.spec import connector_from_source, load_spec
+    from rag_lfm.knowledge_base import KnowledgeBase
+
+    try:
+        defaults: dict[str, Any] = {}
+        if source.endswith(".toml"):
+            spec = load_spec(source)
+            connector = connector_from_source(spec["source"])
+            defaults = dict(spec["index"])
+        else:
+            opts = {k: v for k, v in {"glob": glob, "text_field": text_field, "id_field": id_field}.items() if v is not None}
+            connector = Files(source, **opts)
+        path = index or defaults.pop("path", None)
+        defaults.pop("path", None)
+        if path is None:
+            raise typer.BadParameter("pass --index PATH (or set [index].path in the spec)")
+        given = {"embedder": embedder, "index": index_type, "embedder_backend": embedder_backend, "chunk_size": chunk_size}
+        create = {**defaults, **{k: v for k, v in given.items() if v is not None}}
+        kb = KnowledgeBase.open_or_create(path, **create)
+        report = kb.ingest(connector, commit_every=commit_every, progress=not as_json, delete_missing=sync)
+    except RagLfmError as exc:
+        _fail(exc)
+    _emit(report.to_dict() | {"index": str(path)}, as_json, report.summary())
+    if report.failed and not as_json:
+        typer.echo(f"{len(report.failed)} record(s) failed and were skipped (listed above); the rest is committed.", err=True)
+
+
+@app.command("sync")
+def sync_cmd(
+    index: Annotated[str, typer.Argument(help="Index directory.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Re-run every source recorded in the index: add new, update changed, delete gone documents."""
+    from rag_lfm.connectors.spec import connector_from_source
+    from rag_lfm.knowledge_base import KnowledgeBase
+
+    reports = []
+    try:
+        kb = KnowledgeBase.open(index)
+        infos = kb.docstore.source_infos()
+        if not infos:
+            raise RagLfmError(f"{index} records no sources; ingest one first (`rag-lfm ingest SPEC --index {index}`)")
+        for source_id, info in sorted(infos.items()):
+            spec = info.get("spec")
+            if not spec:
+                typer.echo(f"skipping source {source_id!r}: it was ingested from Python without a spec", err=True)
+                continue
+            reports.append(kb.sync(connector_from_source(spec), progress=not as_json))
+    except RagLfmError as exc:
+        _fail(exc)
+    _emit({"index": index, "sources": [r.to_dict() for r in reports]}, as_json, "\n".join(r.summary() for r in reports))
+
+
+@app.command()
+def search(
+    index: Annotated[str, typer.Argument(help="Index directory.")],
+    query: Annotated[list[str], typer.Argument(help="One or more queries.")],
+    k: Annotated[int, typer.Option("-k", help="Hits per query.")] = 5,
+    filter: Annotated[Optional[str], typer.Option(help='Metadata filter as JSON, e.g. \'{"topic": "History"}\'.')] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Search an index; several queries are embedded and searched as one batch."""
+    from rag_lfm.knowledge_base import KnowledgeBase
+
+    try:
+        flt = None
+        if filter:
+            try:
+                flt = json.loads(filter)
+            except json.JSONDecodeError as exc:
+                raise RagLfmError(f"--filter {filter!r} is not valid JSON ({exc.msg}); e.g. --filter '{{\"topic\": \"History\"}}'") from None
+        kb = KnowledgeBase.open(index, verify=False)
+        results = kb.search_batch(query, k=k, filter=flt)
+    except RagLfmError as exc:
+        _fail(exc)
+    if as_json:
+        _emit({"results": [{"query": q, "hits": [h.to_dict() for h in hits]} for q, hits in zip(query, results)]}, True, "")
+        return
+    for q, hits in zip(query, results):
+        typer.echo(f"query: {q}")
+        for rank, h in enumerate(hits, 1):
+            title = h.metadata.get("title") or h.metadata.get("path") or ""
+            snippet = " ".join(h.text.split())[:100]
+            typer.echo(f"  {rank:>2}. {h.score:7.4f}  {h.doc_id}  {title if title != h.doc_id else ''}\n      {snippet}")
+        if not hits:
+            typer.echo("  (no hits)")
+
+
+@app.command()
+def info(index: Annotated[str, typer.Argument(help="Index directory.")], as_json: JsonOpt = False) -> None:
+    """Counts, embedder, index type, memory, files and sources of an index."""
+    from rag_lfm.knowledge_base import KnowledgeBase
+
+    try:
+        data = KnowledgeBase.open(index).info()
+    except RagLfmError as exc:
+        _fail(exc)
+    if as_json:
+        _emit(data, True, "")
+        return
+    e, ix = data["embedder"], data["index"]
+    lines = [
+        f"index       {data['path']} (format v{data['format_version']}, generation {data['generation']})",
+        f"documents   {data['counts']['documents']}",
+        f"chunks      {data['counts']['chunks']}",
+        f"embedder    {e['name']} (dim {e['dim']}, normalize={e['normalize']}, backend {e.get('backend')})",
+        f"index type  {ix['factory']} (spec {ix['spec']}, {ix['backend']}), metric {data['metric']}, {ix['memory_bytes'] / 2**20:.1f} MiB",
+        f"doc store   {data['docstore']}",
+        f"fields      {', '.join(f'{k}:{v}' for k, v in data['fields'].items()) or '(none)'}",
+        "sources:",
+    ]
+    import datetime as dt
+
+    for sid, s in data["sources"].items():
+        when = dt.datetime.fromtimestamp(s["last_sync"], dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if s["last_sync"] else "never"
+        lines.append(f"  {sid}: {s['documents']} documents, last sync {when}")
+    lines.append("files:")
+    lines += [f"  {name}  {size / 2**20:.2f} MiB" for name, size in data["files"].items()]
+    typer.echo("\n".join(lines))
+
+
+@app.command()
+def delete(
+    index: Annotated[str, typer.Argument(help="Index directory.")],
+    doc_ids: Annotated[Optional[list[str]], typer.Argument(help="Document ids to delete.")] = None,
+    source: Annotated[Optional[str], typer.Option(help="Only in this source; alone: delete the whole source.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete documents (and their chunks and vectors) by id, or a whole source."""
+    from rag_lfm.knowledge_base import KnowledgeBase
+
+    try:
+        n = KnowledgeBase.open(index).delete(doc_ids or [], source=source)
+    except RagLfmError as exc:
+        _fail(exc)
+    _emit({"deleted": n}, as_json, f"deleted {n} document(s)")
+
+
+# Commands contributed by the companion modules: each exposes register(app, eval_app).
+PLUGIN_MODULES = ["rag_lfm.retrieval.cli", "rag_lfm.readers.cli"]
+for _name in PLUGIN_MODULES:
+    if importlib.util.find_spec(_name) is not None:
+        importlib.import_module(_name).register(app, eval_app)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())
