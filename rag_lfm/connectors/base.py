@@ -62,12 +62,12 @@ def connector_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def make_connector(name: str, **options: Any) -> Connector:
-    """Build the connector registered as ``name`` with ``options``."""
+def make_connector(kind: str, /, **options: Any) -> Connector:
+    """Build the connector registered as ``kind`` with ``options`` (which may include ``name``, the source id)."""
     try:
-        factory = _REGISTRY[name]
+        factory = _REGISTRY[kind]
     except KeyError:
         raise ConfigError(
-            f"unknown connector type {name!r}; registered types: {', '.join(connector_names())}"
+            f"unknown connector type {kind!r}; registered types: {', '.join(connector_names())}"
         ) from None
     return factory(**options)
