@@ -306,8 +306,8 @@ class KnowledgeBase:
         with self._write_lock():
             try:
                 for item in connector.iter_documents():
-                    bar.update(1)
                     if isinstance(item, Skipped):
+                        bar.update(1)
                         report.failed.append(item)
                         seen.add(doc_key(source_id, item.ref))  # keep its last good version: never delete on a read error
                         continue
@@ -317,14 +317,17 @@ class KnowledgeBase:
                         problem = "duplicate document id in this source (the first one was kept)"
                     if problem is not None:
                         report.failed.append(Skipped(str(getattr(item, "id", item))[:200], problem))
+                        bar.update(1)
                         continue
                     seen.add(key)
                     batch.append(item)
                     if len(batch) >= commit_every:
                         self._ingest_batch(batch, source_id, report)
+                        bar.update(len(batch))  # the bar counts committed documents, not documents read
                         batch = []
                 if batch:
                     self._ingest_batch(batch, source_id, report)
+                    bar.update(len(batch))
             except Exception as exc:
                 report.error = f"{type(exc).__name__}: {exc}"
                 report.seconds = time.perf_counter() - t0
