@@ -228,7 +228,7 @@ def test_crash_between_docstore_commit_and_manifest_rolls_forward(tmp_path):
     (kb.path / "manifest.json").write_text(old_manifest)
     again = KnowledgeBase.open(kb.path)
     assert again.info()["counts"]["documents"] == 20
-    assert again.search("unique15", k=1)[0].doc_id == "doc15"
+    assert again.search(corpus(20)[15].text, k=1)[0].doc_id == "doc15"
 
 
 CRASH_SCRIPT = textwrap.dedent(
