@@ -55,6 +55,7 @@ MANIFEST = "manifest.json"
 SQLITE_NAME = "docstore.sqlite"
 COMPACT_MASKED_SHARE = 0.2  # rebuild an index that cannot remove ids once this share is masked
 EXACT_FILTER_LIMIT = 4096  # a filter matching at most this many chunks is scored exactly from stored vectors
+EXACT_FACTORIES = ("IDMap2,Flat", "IDMap,Flat", "torch-exact")  # searched exhaustively: a selector never starves them
 
 
 @dataclass
@@ -566,7 +567,7 @@ class KnowledgeBase:
         allowed = self.docstore.filter_ids(filter)
         if len(allowed) == 0:
             return np.full((len(qvecs), k), -np.inf, np.float32), np.full((len(qvecs), k), -1, np.int64)
-        if len(allowed) <= EXACT_FILTER_LIMIT and self.index.factory != "IDMap2,Flat":
+        if len(allowed) <= EXACT_FILTER_LIMIT and self.index.factory not in EXACT_FACTORIES:
             # A small match set on an approximate index: score it exactly from the stored vectors,
             # so IVF/HNSW never starve a selective filter.
             return self._exact(qvecs, allowed, int(k))
