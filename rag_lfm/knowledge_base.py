@@ -32,6 +32,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -54,6 +55,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SQLITE_NAME = "docstore.sqlite"
 COMPACT_MASKED_SHARE = 0.2  # rebuild an index that cannot remove ids once this share is masked
+_PASSWORD_IN_URL = re.compile(r"^([a-zA-Z][\w+.-]*://[^:/@\s]+:)([^@\s]+)(@)")
 EXACT_FILTER_LIMIT = 4096  # a filter matching at most this many chunks is scored exactly from stored vectors
 EXACT_FACTORIES = ("IDMap2,Flat", "IDMap,Flat", "torch-exact")  # searched exhaustively: a selector never starves them
 
@@ -523,7 +525,8 @@ class KnowledgeBase:
         describe = getattr(connector, "describe", None)
         spec = getattr(connector, "spec", None) or (describe() if callable(describe) else None)
         if isinstance(spec, dict):
-            spec = {**spec, "name": source_id}
+            # Never store a password in the doc store: specs should name it through url_env.
+            spec = {k: _PASSWORD_IN_URL.sub(r"\1***\3", v) if isinstance(v, str) else v for k, v in spec.items()} | {"name": source_id}
         info = {
             "type": type(connector).__name__,
             "spec": spec,

@@ -274,3 +274,12 @@ def test_sigkill_mid_ingest_keeps_last_commit_and_rerun_completes(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     kb = KnowledgeBase.open(path)
     assert kb.info()["counts"]["documents"] == 6000 == kb.index.ntotal
+
+
+def test_recorded_specs_never_keep_a_password(tmp_path):
+    kb = KnowledgeBase.create(tmp_path / "idx", embedder=HashEmbedder(16))
+    src = ListSource([Document("a", "text")], "db")
+    src.spec = {"type": "sql", "url": "postgresql+psycopg://user:s3cret@host/db", "table": "t"}
+    kb.ingest(src, progress=False)
+    spec = kb.docstore.source_infos()["db"]["spec"]
+    assert spec["url"] == "postgresql+psycopg://user:***@host/db" and spec["name"] == "db"
