@@ -8,7 +8,6 @@ reuses the index (it only checks content hashes); an interrupted build resumes.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import time
 from pathlib import Path
 
@@ -56,14 +55,15 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {rank}. {h.score:.3f}  {h.doc_id}  [{h.metadata.get('topic')}] {h.metadata.get('description', '')}")
         print()
 
-    if args.no_reader or importlib.util.find_spec("rag_lfm.readers.rag") is None:
+    if args.no_reader:
         return
-    from rag_lfm.readers.rag import answer_question  # the frozen reader (issue 5)
+    from rag_lfm.readers import ask  # the frozen reader: SmolLM2-135M-Instruct, converted once from its GGUF
 
-    answer = answer_question(kb, QUESTION)
-    print(f"question: {QUESTION}\nanswer: {answer.text}")
+    t = time.perf_counter()
+    answer = ask(kb, QUESTION, k=3)
+    print(f"question: {QUESTION}\nanswer:   {answer.text}   ({time.perf_counter() - t:.1f} s, {answer.strategy}, {answer.model})")
     for c in answer.citations:
-        print(f"  [{c.rank}] {c.doc_id} ({c.score:.3f})")
+        print(f"  [{c.number}] {c.title} (score {c.score:.3f})")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,621 @@
+"""A frozen transformers causal LM as a reader: closed-book, in-context, REPLUG, extractive.
+
+One greedy decoding loop serves every strategy, so they share batching, stopping
+and streaming:
+
+- prompts are left-padded into one batch; positions come from the attention mask,
+  so a padded row decodes exactly as it would alone;
+- a row stops at the end-of-turn token or at the first token holding a newline
+  (answers are one line: this is what keeps a small model from rambling on);
+- REPLUG runs its k prompts per question as rows of the same batch and, at each
+  step, mixes their next-token distributions with the retrieval weights before
+  taking the argmax, which then feeds every row of that question.
+
+The model loads on first use (:meth:`TransformersReader.warm_up`), its weights are
+frozen (``requires_grad_(False)``, ``eval()``) and every forward pass runs under
+``torch.inference_mode``.
+
+Example:
+    >>> reader = TransformersReader("SmolLM2-135M-Instruct", max_new_tokens=16)  # doctest: +SKIP
+    >>> reader.generate("Who painted Water Lilies?", hits).text  # doctest: +SKIP
+    'Claude Monet'
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from rag_lfm.errors import ConfigError, ModelNotFoundError
+from rag_lfm.readers.base import NoPassagesError, check_strategy
+from rag_lfm.readers.prompts import PromptBuilder, PromptParts, _citation, passage_title
+from rag_lfm.readers.types import Answer
+from rag_lfm.types import Hit
+
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def resolve_device(device: str) -> str:
+    """``"auto"`` -> ``"cuda"`` when torch sees a GPU, else ``"mps"`` or ``"cpu"``."""
+    torch = _torch()
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def _first_line(text: str) -> str:
+    return text.strip().split("\n", 1)[0].strip()
+
+
+class _CopyConstraint:
+    """Keeps an answer a contiguous span of one token sequence (the passages).
+
+    It tracks every position in the passages where the answer so far could end; the
+    allowed next tokens are the ones that follow those positions. A 135M model
+    left free tends to start "The article described as ..."; constrained, it must
+    choose a name or phrase that is in the passages, which is what extractive
+    factoid QA asks for. When the answer so far matches nowhere (under REPLUG
+    another passage chose the token) the row stops constraining.
+    """
+
+    def __init__(self, tokens: list[int]) -> None:
+        self.tokens = tokens
+        self.ends: list[int] | None = None  # None: nothing generated yet
+
+    def allowed(self) -> list[int]:
+        if self.ends is None:
+            return sorted(set(self.tokens))
+        # An empty list also when the span matches nowhere any more (REPLUG: another
+        # passage chose the token): this row then adds nothing to the group's options.
+        n = len(self.tokens)
+        return sorted({self.tokens[p + 1] for p in self.ends if p + 1 < n})
+
+    def advance(self, token: int) -> None:
+        if self.ends is None:
+            self.ends = [p for p, t in enumerate(self.tokens) if t == token]
+        else:
+            n = len(self.tokens)
+            self.ends = [p + 1 for p in self.ends if p + 1 < n and self.tokens[p + 1] == token]
+
+
+class TransformersReader:
+    """A reader over any local transformers causal LM (or seq2seq model).
+
+    Args:
+        model: a local model folder or a known short name (``"SmolLM2-135M-Instruct"``),
+            resolved through :func:`rag_lfm.models.resolve_model`.
+        device: ``"auto"`` (GPU when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
+        dtype: ``"auto"`` (float32 on CPU, where bfloat16 matmuls are several times slower
+            without AMX; bfloat16 on GPU), or ``"float32"``/``"bfloat16"``/``"float16"``.
+        max_new_tokens: the longest answer, in tokens.
+        context_window: tokens the prompt plus answer may use; default the model's
+            ``max_position_embeddings``. Set it lower to bound CPU cost.
+        max_passage_tokens / min_passage_tokens: the token budget rule
+            (:mod:`rag_lfm.readers.prompts`).
+        batch_size: prompts per forward pass in batched generation.
+        replug_temperature: REPLUG weights are ``softmax(score / replug_temperature)``.
+        stop_at_newline: end an answer at its first newline.
+        use_chat_template: ``None`` uses the model's chat template when it has one.
+        constrain: ``"copy"`` (default): with passages, the answer must be a span copied
+            from them (a name or phrase the passages hold); ``"none"``: free generation.
+        one_shot: show one worked example before the question (see ``prompts``).
+    """
+
+    def __init__(
+        self,
+        model: str | Path = "SmolLM2-135M-Instruct",
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_new_tokens: int = 24,
+        context_window: int | None = None,
+        max_passage_tokens: int = 160,
+        min_passage_tokens: int = 24,
+        batch_size: int = 16,
+        replug_temperature: float = 0.05,
+        stop_at_newline: bool = True,
+        use_chat_template: bool | None = None,
+        constrain: str = "copy",
+        one_shot: bool = True,
+    ) -> None:
+        if dtype not in _DTYPES:
+            raise ConfigError(f"dtype {dtype!r} is not supported; valid values: {', '.join(_DTYPES)}")
+        for label, value in [("max_new_tokens", max_new_tokens), ("batch_size", batch_size),
+                             ("max_passage_tokens", max_passage_tokens)]:
+            if int(value) < 1:
+                raise ConfigError(f"{label} must be >= 1, got {value!r}")
+        if constrain not in ("copy", "none"):
+            raise ConfigError(f"constrain {constrain!r} is not valid; use 'copy' (answers are spans of the passages) or 'none'")
+        if replug_temperature <= 0:
+            raise ConfigError(f"replug_temperature must be > 0, got {replug_temperature!r}")
+        self.model_ref = str(model)
+        self.name = Path(str(model)).name or str(model)
+        self.device_arg = device
+        self.dtype_arg = dtype
+        self.max_new_tokens = int(max_new_tokens)
+        self.context_window_arg = context_window
+        self.max_passage_tokens = int(max_passage_tokens)
+        self.min_passage_tokens = int(min_passage_tokens)
+        self.batch_size = int(batch_size)
+        self.replug_temperature = float(replug_temperature)
+        self.stop_at_newline = stop_at_newline
+        self.use_chat_template = use_chat_template
+        self.constrain = constrain
+        self.one_shot = one_shot
+        self.share_prefix = True
+        self._model = None
+        self._tokenizer = None
+        self._prompts: PromptBuilder | None = None
+        self._stop_ids: Any = None
+        self._cache_kw = "past_key_values"
+        self.is_seq2seq = False
+
+    # -- loading -----------------------------------------------------------------------------
+    @property
+    def model(self):
+        self.warm_up()
+        return self._model
+
+    @property
+    def tokenizer(self):
+        self.warm_up()
+        return self._tokenizer
+
+    @property
+    def prompts(self) -> PromptBuilder:
+        self.warm_up()
+        assert self._prompts is not None
+        return self._prompts
+
+    def warm_up(self) -> TransformersReader:
+        """Load the tokenizer and model (once); raises ModelNotFoundError for a folder that is no model."""
+        if self._model is not None:
+            return self
+        torch = _torch()
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+        from rag_lfm.models import resolve_model
+
+        path = resolve_model(self.model_ref)
+        if isinstance(path, Path) and not (path / "config.json").exists():
+            raise ModelNotFoundError(
+                f"reader model path {str(path)!r} is not a transformers model folder (it has no config.json); "
+                "pass a folder written by save_pretrained, or a known name such as 'SmolLM2-135M-Instruct'"
+            )
+        try:
+            config = AutoConfig.from_pretrained(path)
+        except (OSError, ValueError) as exc:
+            raise ModelNotFoundError(f"reader model {str(path)!r} could not be read as a transformers model: {exc}") from exc
+        self.is_seq2seq = bool(getattr(config, "is_encoder_decoder", False))
+        device = resolve_device(self.device_arg)
+        dtype = self.dtype_arg
+        if dtype == "auto":
+            dtype = "float32" if device == "cpu" else "bfloat16"
+        auto_cls = AutoModelForSeq2SeqLM if self.is_seq2seq else AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
+
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a 0.5 s load needs no bar (and --json output stays clean)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = auto_cls.from_pretrained(path, dtype=getattr(torch, dtype))
+        except (OSError, ValueError) as exc:
+            raise ModelNotFoundError(
+                f"reader model {str(path)!r} could not be loaded as a {'seq2seq' if self.is_seq2seq else 'causal'} "
+                f"LM with its tokenizer: {exc}"
+            ) from exc
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
+        model.to(device)
+        model.eval()
+        model.requires_grad_(False)  # frozen: a reader never trains its model
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        params = inspect.signature(model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        window = self.context_window_arg or int(
+            getattr(config, "max_position_embeddings", 0) or getattr(config, "n_positions", 0) or 2048
+        )
+        if window <= self.max_new_tokens:
+            raise ConfigError(
+                f"context_window {window} leaves no room for a prompt with max_new_tokens={self.max_new_tokens}; "
+                "raise context_window or lower max_new_tokens"
+            )
+        self.context_window = window
+        self.device = device
+        self.dtype = dtype
+        self._tokenizer = tokenizer
+        self._model = model
+        self._prompts = PromptBuilder(
+            tokenizer,
+            budget=window - self.max_new_tokens,
+            max_passage_tokens=self.max_passage_tokens,
+            min_passage_tokens=self.min_passage_tokens,
+            use_chat_template=self.use_chat_template,
+            one_shot=self.one_shot,
+        )
+        self._stop_ids = self._make_stop_ids()
+        return self
+
+    def _make_stop_ids(self):
+        torch = _torch()
+        tok = self._tokenizer
+        model = self._model
+        stops: set[int] = set()
+        for source in (tok.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+            if isinstance(source, int):
+                stops.add(source)
+            elif isinstance(source, (list, tuple)):
+                stops.update(int(s) for s in source)
+        if self.stop_at_newline:
+            # Every vocabulary entry whose text holds a newline ends a one-line answer.
+            pieces = tok.batch_decode([[i] for i in range(len(tok))])
+            stops.update(i for i, p in enumerate(pieces) if "\n" in p)
+        mask = torch.zeros(max(len(tok), model.config.get_text_config().vocab_size), dtype=torch.bool)
+        mask[list(stops)] = True
+        return mask.to(self.device)
+
+    def weights_fingerprint(self) -> str:
+        """sha256 over every parameter and buffer: equal before and after any use of the reader."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for name, tensor in sorted(self.model.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().float().cpu().numpy().tobytes())
+        return h.hexdigest()
+
+    # -- prompts ------------------------------------------------------------------------------
+    def _plan(self, question: str, passages: Sequence[Hit], strategy: str) -> tuple[list[PromptParts], Any]:
+        """The prompts for one question (k of them under REPLUG) and their mixture weights."""
+        torch = _torch()
+        if strategy == "closed-book":
+            return [self.prompts.build(question, [])], None
+        if not passages:
+            raise NoPassagesError(
+                f"strategy {strategy!r} got no passages for question {question[:80]!r}: the index is empty or "
+                "the filter matched nothing; ingest documents first (`rag-lfm ingest`), loosen the filter, "
+                "or use strategy 'closed-book'"
+            )
+        if strategy == "in-context":
+            return [self.prompts.build(question, passages)], None
+        # replug: one prompt per passage, weights from the retrieval scores.
+        parts = [self.prompts.build(question, [hit]) for hit in passages]
+        scores = torch.tensor([float(h.score) for h in passages], dtype=torch.float32)
+        weights = torch.softmax(scores / self.replug_temperature, dim=0)
+        for number, (p, w) in enumerate(zip(parts, weights.tolist()), start=1):
+            for c in p.citations:
+                c.number, c.weight = number, float(w)
+        return parts, weights
+
+    # -- decoding -----------------------------------------------------------------------------
+    def _forward(self, ids, mask, positions, cache):
+        kwargs = {self._cache_kw: cache} if cache is not None else {}
+        out = self._model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1, **kwargs
+        )
+        new_cache = getattr(out, "cache", None)
+        if new_cache is None:
+            new_cache = out.past_key_values
+        return out.logits[:, -1, :], new_cache
+
+    def _decode(
+        self,
+        prompts: list[list[int]],
+        groups: list[int],
+        weights: list[float] | None,
+        n_groups: int,
+        on_token: Callable[[int, int], None] | None = None,
+        copy_from: list[list[int]] | None = None,
+        prefix_len: int = 0,
+    ) -> tuple[list[list[int]], list[str]]:
+        """Greedy decoding of ``prompts`` as one left-padded batch.
+
+        Row ``r`` belongs to group ``groups[r]`` (a question); with ``weights`` the
+        rows of a group are mixed (REPLUG), else each group has exactly one row.
+        With ``copy_from`` (one token list per row), the answer is constrained to a
+        span copied from that row's passages (see :class:`_CopyConstraint`).
+        When every prompt starts with the same ``prefix_len`` tokens, the prefix runs
+        once (batch 1) and its cache is repeated for the rows, with the rows' left
+        padding placed after it (masked out, positions kept contiguous).
+        Returns the generated ids and the finish reason of each group.
+        """
+        torch = _torch()
+        with torch.inference_mode():
+            dev = self.device
+            pad = int(self._tokenizer.pad_token_id)
+            # Keep at least one token of every row outside the shared prefix.
+            # One row gains nothing from a shared prefix (it would only split the prefill in two).
+            shared = min(prefix_len, min(len(p) for p in prompts) - 1) if self.share_prefix and len(prompts) > 1 else 0
+            if shared > 0 and any(p[:shared] != prompts[0][:shared] for p in prompts):
+                shared = 0
+            cache = None
+            if shared:
+                head = torch.tensor([prompts[0][:shared]], dtype=torch.long, device=dev)
+                _, cache = self._forward(head, torch.ones_like(head), torch.arange(shared, device=dev)[None], None)
+                cache.batch_repeat_interleave(len(prompts))
+                prompts = [p[shared:] for p in prompts]
+            width = max(len(p) for p in prompts)
+            ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(prompts), width), dtype=torch.long)
+            for r, p in enumerate(prompts):
+                ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
+                mask[r, width - len(p):] = 1
+            ids, mask = ids.to(dev), mask.to(dev)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0) + shared
+            if shared:
+                mask = torch.cat([torch.ones((len(prompts), shared), dtype=mask.dtype, device=dev), mask], dim=1)
+            group_idx = torch.tensor(groups, dtype=torch.long, device=dev)
+            w = None if weights is None else torch.tensor(weights, dtype=torch.float32, device=dev)
+            logits, cache = self._forward(ids, mask, positions, cache)
+            next_pos = positions[:, -1:] + 1
+            out: list[list[int]] = [[] for _ in range(n_groups)]
+            reasons = ["length"] * n_groups
+            done = torch.zeros(n_groups, dtype=torch.bool, device=dev)
+            copy = None if copy_from is None else [_CopyConstraint(c) for c in copy_from]
+            stop_rows = self._stop_ids.nonzero().flatten()
+            for step in range(self.max_new_tokens):
+                rows_ok = None
+                if copy is not None:
+                    # Each row may emit a token that continues a span of its own passages;
+                    # a stop is allowed once the answer has a token (an empty answer is no
+                    # answer). A row whose span can no longer continue drops out.
+                    rows_ok = torch.zeros(logits.shape, dtype=torch.bool)
+                    for r, c in enumerate(copy):
+                        ok = c.allowed()
+                        if ok:
+                            rows_ok[r, ok] = True
+                            if step > 0:
+                                rows_ok[r, stop_rows.cpu()] = True
+                    rows_ok = rows_ok.to(dev)
+                if w is None:
+                    if rows_ok is not None:
+                        # a row with no continuation left can only stop
+                        dead = ~rows_ok.any(-1)
+                        rows_ok[dead] = self._stop_ids[: rows_ok.shape[-1]][None].expand(int(dead.sum()), -1)
+                        logits = logits.masked_fill(~rows_ok, float("-inf"))
+                    tok_g = torch.empty(n_groups, dtype=torch.long, device=dev)
+                    tok_g[group_idx] = logits.argmax(-1)
+                else:
+                    # REPLUG: p(t) = sum_r w_r p_r(t); under the copy constraint each p_r is
+                    # renormalised over its own passage's continuations, so passages vote
+                    # for spans they hold, and a row whose span ended elsewhere weighs 0.
+                    row_w = w
+                    if rows_ok is not None:
+                        logits = logits.masked_fill(~rows_ok, float("-inf"))
+                        row_w = w * rows_ok.any(-1)
+                        logits = torch.where(rows_ok.any(-1, keepdim=True), logits, torch.zeros_like(logits))
+                    probs = torch.softmax(logits.float(), dim=-1) * row_w[:, None]
+                    mixed = torch.zeros((n_groups, probs.shape[-1]), dtype=probs.dtype, device=dev)
+                    mixed.index_add_(0, group_idx, probs)
+                    tok_g = mixed.argmax(-1)
+                    # a group none of whose rows can continue stops
+                    alive = torch.zeros(n_groups, dtype=row_w.dtype, device=dev).index_add_(0, group_idx, row_w) > 0
+                    tok_g = torch.where(alive, tok_g, torch.full_like(tok_g, int(stop_rows[0])))
+                is_stop = self._stop_ids[tok_g] & ~done
+                new = (~done & ~is_stop).nonzero().flatten().tolist()
+                toks = tok_g.tolist()
+                for g in new:
+                    out[g].append(toks[g])
+                    if on_token is not None:
+                        on_token(g, toks[g])
+                for g in is_stop.nonzero().flatten().tolist():
+                    reasons[g] = "stop"
+                done |= is_stop
+                if bool(done.all()):
+                    break
+                tok_r = tok_g[group_idx]
+                if copy is not None:
+                    for r, t in enumerate(tok_r.tolist()):
+                        copy[r].advance(t)
+                mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=dev)], dim=1)
+                logits, cache = self._forward(tok_r[:, None], mask, next_pos, cache)
+                next_pos = next_pos + 1
+            return out, reasons
+
+    def _decode_seq2seq(self, prompts: list[list[int]]) -> tuple[list[list[int]], list[str]]:
+        """Seq2seq models go through ``model.generate`` (greedy); REPLUG is not offered for them."""
+        torch = _torch()
+        with torch.inference_mode():
+            batch = self._tokenizer.pad({"input_ids": prompts}, return_tensors="pt").to(self.device)
+            gen = self._model.generate(**batch, max_new_tokens=self.max_new_tokens, do_sample=False)
+        out, reasons = [], []
+        for row in gen.tolist():
+            kept: list[int] = []
+            reason = "length"
+            for t in row[1:]:  # row[0] is the decoder start token
+                if self._stop_ids[t]:
+                    reason = "stop"
+                    break
+                kept.append(t)
+            out.append(kept)
+            reasons.append(reason)
+        return out, reasons
+
+    # -- public API ---------------------------------------------------------------------------
+    def generate(self, question: str, passages: Sequence[Hit] = (), *, strategy: str = "in-context") -> Answer:
+        """Answer ``question`` from ``passages`` (best first) with ``strategy``.
+
+        Example:
+            >>> reader.generate("Which city is the capital of France?", [], strategy="closed-book")  # doctest: +SKIP
+        """
+        return self.generate_batch([question], [passages], strategy=strategy)[0]
+
+    def generate_batch(
+        self,
+        questions: Sequence[str],
+        passages: Sequence[Sequence[Hit]] | None = None,
+        *,
+        strategy: str = "in-context",
+        progress: bool = False,
+    ) -> list[Answer]:
+        """Answer many questions, ``batch_size`` prompts per forward pass (sorted by length to cut padding).
+
+        Under REPLUG a question's k prompts always share a batch, so a batch may hold
+        up to ``batch_size`` rows or one question's k rows, whichever is more.
+        """
+        strategy = check_strategy(strategy)
+        if passages is None:
+            passages = [[] for _ in questions]
+        if len(passages) != len(questions):
+            raise ConfigError(f"got {len(questions)} questions but {len(passages)} passage lists; pass one list per question")
+        if strategy == "extractive":
+            return [self._extractive(q, list(p)) for q, p in zip(questions, passages)]
+        if strategy == "replug" and self.warm_up().is_seq2seq:
+            raise ConfigError(f"strategy 'replug' needs a causal LM; {self.model_ref!r} is seq2seq: use 'in-context'")
+        plans = [self._plan(q, list(p), strategy) for q, p in zip(questions, passages)]
+        order = sorted(range(len(plans)), key=lambda i: max(len(p.ids) for p in plans[i][0]))
+        answers: list[Answer | None] = [None] * len(plans)
+        batches: list[list[int]] = []
+        current: list[int] = []
+        rows = 0
+        for i in order:
+            n = len(plans[i][0])
+            if current and rows + n > self.batch_size:
+                batches.append(current)
+                current, rows = [], 0
+            current.append(i)
+            rows += n
+        if current:
+            batches.append(current)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(plans), desc=f"answering ({strategy})", unit="q")
+        for batch in batches:
+            start = time.perf_counter()
+            prompts, groups, weights, contexts = [], [], [], []
+            for g, i in enumerate(batch):
+                parts, w = plans[i]
+                for j, p in enumerate(parts):
+                    prompts.append(p.ids)
+                    groups.append(g)
+                    weights.append(1.0 if w is None else float(w[j]))
+                    contexts.append(p.context_ids or [])
+            if self.is_seq2seq:
+                gen, reasons = self._decode_seq2seq(prompts)
+            else:
+                gen, reasons = self._decode(
+                    prompts, groups, weights if strategy == "replug" else None, len(batch),
+                    copy_from=self._copy_from(strategy, contexts), prefix_len=plans[batch[0]][0][0].prefix_len,
+                )
+            elapsed = (time.perf_counter() - start) / len(batch)
+            for g, i in enumerate(batch):
+                answers[i] = self._answer(questions[i], strategy, plans[i][0], passages[i], gen[g], reasons[g], elapsed)
+            if bar is not None:
+                bar.update(len(batch))
+        if bar is not None:
+            bar.close()
+        return [a for a in answers if a is not None]
+
+    def stream(self, question: str, passages: Sequence[Hit] = (), *, strategy: str = "in-context") -> Iterator[str]:
+        """Yield the answer text piece by piece as it is generated (for interactive use).
+
+        Pieces are whole characters: a token that ends inside a multi-byte character is
+        held back until the next one completes it. ``"".join(stream(...))`` equals the
+        answer's raw text.
+        """
+        import queue
+        import threading
+
+        strategy = check_strategy(strategy)
+        if strategy == "extractive":
+            yield self._extractive(question, list(passages)).text
+            return
+        parts, w = self._plan(question, list(passages), strategy)
+        if self.is_seq2seq:
+            yield self.generate(question, passages, strategy=strategy).text
+            return
+        pieces: queue.Queue = queue.Queue()
+        failure: list[BaseException] = []
+        tok = self._tokenizer
+        generated: list[int] = []
+        emitted = [0]
+
+        def on_token(_g: int, t: int) -> None:
+            generated.append(t)
+            text = tok.decode(generated, skip_special_tokens=True)
+            if text.endswith("\ufffd"):
+                return  # an incomplete UTF-8 sequence: wait for the rest
+            pieces.put(text[emitted[0]:])
+            emitted[0] = len(text)
+
+        def work() -> None:
+            try:
+                self._decode(
+                    [p.ids for p in parts], [0] * len(parts), None if w is None else w.tolist(), 1, on_token,
+                    copy_from=self._copy_from(strategy, [p.context_ids or [] for p in parts]),
+                    prefix_len=parts[0].prefix_len,
+                )
+            except BaseException as exc:  # re-raised in the caller's thread below
+                failure.append(exc)
+            finally:
+                pieces.put(None)
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        while True:
+            piece = pieces.get()
+            if piece is None:
+                break
+            if piece:
+                yield piece
+        thread.join()
+        if failure:
+            raise failure[0]
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _copy_from(self, strategy: str, contexts: list[list[int]]) -> list[list[int]] | None:
+        if self.constrain != "copy" or strategy == "closed-book":
+            return None
+        return contexts
+
+    def _answer(self, question, strategy, parts, passages, gen_ids, reason, latency) -> Answer:
+        text = _first_line(self._tokenizer.decode(gen_ids, skip_special_tokens=True))
+        citations = [c for p in parts for c in p.citations]
+        dropped = parts[0].dropped if strategy == "in-context" else 0
+        return Answer(
+            text=text,
+            question=question,
+            strategy=strategy,
+            citations=citations,
+            dropped=dropped,
+            model=self.name,
+            prompt_tokens=sum(len(p.ids) for p in parts),
+            generated_tokens=len(gen_ids),
+            finish_reason=reason,
+            prompt_format=parts[0].fmt,
+            latency_s=latency,
+        )
+
+    def _extractive(self, question: str, passages: list[Hit]) -> Answer:
+        """No model call: the top passage's title, else its first sentence (a fallback, and a floor)."""
+        if not passages:
+            raise NoPassagesError(
+                f"strategy 'extractive' got no passages for question {question[:80]!r}: the index is empty or "
+                "the filter matched nothing; ingest documents first, loosen the filter, or use strategy 'closed-book'"
+            )
+        start = time.perf_counter()
+        top = passages[0]
+        title = top.metadata.get("title") if isinstance(top.metadata, dict) else None
+        text = str(title) if title else top.text.strip().split(". ", 1)[0]
+        cite = _citation(1, top, passage_title(top), top.text, False)
+        return Answer(
+            text=text, question=question, strategy="extractive", citations=[cite], dropped=len(passages) - 1,
+            model="", prompt_format="none", latency_s=time.perf_counter() - start,
+        )

@@ -1,0 +1,324 @@
+"""The reader: prompts and the token budget rule, strategies, batching, streaming, frozen weights, bad input.
+
+Unit tests use a tiny randomly initialised Llama built here (byte-level BPE trained on
+a few sentences): the real decoding loop, cache and masks run, only the weights are
+random. One integration test runs the real SmolLM2 (slow: it converts the GGUF once).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from rag_lfm.errors import ConfigError, ModelNotFoundError  # noqa: E402
+from rag_lfm.readers import (  # noqa: E402
+    STRATEGIES,
+    Answer,
+    NoPassagesError,
+    PromptTooLongError,
+    TransformersReader,
+    ask,
+    ask_batch,
+)
+from rag_lfm.types import Document, Hit  # noqa: E402
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+CORPUS = [
+    "Claude Monet was a French painter and a founder of Impressionism.",
+    "The Eiffel Tower is a wrought-iron lattice tower in Paris, France.",
+    "Mount Everest is Earth's highest mountain above sea level.",
+    "The Nile is a major north-flowing river in northeastern Africa.",
+    "Marie Curie was a physicist and chemist who studied radioactivity.",
+    "Question: Which landmark? Answer: Passages: [1] [2] [3]",
+]
+
+
+def _save_tiny(folder, *, chat: bool, seed: int = 0) -> str:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS * 3, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   unk_token="<|endoftext|>", pad_token="<|im_end|>")
+    if chat:
+        fast.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
+                         pad_token_id=fast.pad_token_id, tie_word_embeddings=True)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_chat(tmp_path_factory) -> str:
+    return _save_tiny(tmp_path_factory.mktemp("tiny-chat"), chat=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_plain(tmp_path_factory) -> str:
+    return _save_tiny(tmp_path_factory.mktemp("tiny-plain"), chat=False)
+
+
+@pytest.fixture(scope="session")
+def reader(tiny_chat) -> TransformersReader:
+    return TransformersReader(tiny_chat, device="cpu", max_new_tokens=6, max_passage_tokens=40, batch_size=4).warm_up()
+
+
+def hits(n: int = 3) -> list[Hit]:
+    titles = ["Claude Monet", "Eiffel Tower", "Mount Everest", "Nile", "Marie Curie"]
+    return [Hit(chunk_id=100 + i, doc_id=titles[i], score=0.9 - 0.1 * i, text=CORPUS[i],
+                metadata={"title": titles[i]}, source_id="test") for i in range(n)]
+
+
+QUESTIONS = ["Which landmark is in Paris?", "Who founded Impressionism?", "Which river is in Africa?",
+             "What is the highest mountain?", "Who studied radioactivity?"]
+
+
+# -- prompts and the token budget rule ----------------------------------------------------
+def test_budget_rule_keeps_a_ranked_prefix_and_cuts_passages(reader):
+    pb = reader.prompts
+    long = [Hit(i, f"doc{i}", 1.0 - i / 10, " ".join(["Paris tower river"] * 60), {"title": f"D{i}"}) for i in range(6)]
+    full = pb.build("Which tower?", long)
+    # every passage is cut to max_passage_tokens, so each one is marked truncated
+    assert all(c.truncated and c.text.endswith("...") for c in full.citations)
+    old = pb.budget
+    try:
+        pb.budget = len(full.ids) - 30  # force the budget to bite
+        cut = pb.build("Which tower?", long)
+    finally:
+        pb.budget = old
+    assert len(cut.ids) <= len(full.ids) - 30
+    # a prefix of the ranking: numbers 1..m, the dropped ones are the lowest ranked
+    assert [c.number for c in cut.citations] == list(range(1, len(cut.citations) + 1))
+    assert [c.doc_id for c in cut.citations] == [h.doc_id for h in long[: len(cut.citations)]]
+    assert cut.dropped == len(long) - len(cut.citations) >= 1
+
+
+def test_prompt_holds_titles_and_question(reader):
+    parts = reader.prompts.build("Which landmark is in Paris?", hits(2))
+    text = reader.tokenizer.decode(parts.ids)
+    assert "[1] Claude Monet" in text and "[2] Eiffel Tower" in text and "Which landmark is in Paris?" in text
+    assert parts.fmt == "chat" and "<|im_start|>assistant" in text
+    # the shared prefix (system + examples) is the same tokens in every prompt of this kind
+    other = reader.prompts.build("Who founded Impressionism?", hits(1))
+    assert parts.prefix_len > 10 and parts.ids[: parts.prefix_len] == other.ids[: other.prefix_len]
+
+
+def test_question_longer_than_the_context_window_raises(reader):
+    question = "Which tower " * 400
+    with pytest.raises(PromptTooLongError, match="over the budget"):
+        reader.generate(question, hits(1))
+    with pytest.raises(PromptTooLongError):
+        reader.generate(question, [], strategy="closed-book")
+
+
+# -- strategies ----------------------------------------------------------------------------
+@pytest.mark.parametrize("strategy", ["closed-book", "in-context", "replug"])
+def test_batched_answers_equal_one_by_one(reader, strategy):
+    passages = [[] if strategy == "closed-book" else hits(3)[i % 3:] + hits(1) for i in range(5)]
+    batched = reader.generate_batch(QUESTIONS, passages, strategy=strategy)
+    single = [reader.generate(q, p, strategy=strategy) for q, p in zip(QUESTIONS, passages)]
+    assert [a.text for a in batched] == [a.text for a in single]
+    assert all(isinstance(a, Answer) and a.strategy == strategy for a in batched)
+
+
+def test_shared_prefix_cache_changes_nothing(reader):
+    passages = [hits(3)] * 5
+    try:
+        reader.share_prefix = False
+        plain = reader.generate_batch(QUESTIONS, passages, strategy="replug")
+    finally:
+        reader.share_prefix = True
+    shared = reader.generate_batch(QUESTIONS, passages, strategy="replug")
+    assert [a.text for a in plain] == [a.text for a in shared]
+
+
+def test_copy_constraint_answers_are_spans_of_the_passages(reader):
+    for q in QUESTIONS:
+        a = reader.generate(q, hits(2))
+        assert a.text, "an empty answer is not allowed under the copy constraint"
+        context = " ".join(f"[{c.number}] {c.title}\n{c.text}" for c in a.citations)
+        assert " ".join(a.text.split()) in " ".join(context.split())
+
+
+def test_replug_weights_follow_scores_and_k1_equals_in_context(reader):
+    a = reader.generate(QUESTIONS[0], hits(3), strategy="replug")
+    weights = [c.weight for c in a.citations]
+    assert abs(sum(weights) - 1.0) < 1e-5 and weights == sorted(weights, reverse=True)
+    assert [c.number for c in a.citations] == [1, 2, 3]
+    one = hits(1)
+    assert reader.generate(QUESTIONS[0], one, strategy="replug").text == reader.generate(QUESTIONS[0], one).text
+
+
+def test_replug_with_one_dominant_passage_follows_it(reader):
+    dominant = hits(2)
+    dominant[0].score, dominant[1].score = 10.0, -10.0  # weight ~1 and ~0
+    mixed = reader.generate(QUESTIONS[1], dominant, strategy="replug")
+    assert mixed.citations[0].weight > 0.999
+    assert mixed.text == reader.generate(QUESTIONS[1], dominant[:1], strategy="replug").text
+
+
+def test_extractive_answers_with_the_top_title(reader):
+    a = reader.generate("anything", hits(3), strategy="extractive")
+    assert a.text == "Claude Monet" and a.citations[0].doc_id == "Claude Monet"
+
+
+def test_citations_carry_ids_sources_scores(reader):
+    a = reader.generate(QUESTIONS[0], hits(2))
+    c = a.citations[0]
+    assert (c.chunk_id, c.doc_id, c.source_id, c.score) == (100, "Claude Monet", "test", pytest.approx(0.9))
+    d = json.loads(json.dumps(a.to_dict()))
+    assert d["citations"][1]["title"] == "Eiffel Tower" and d["prompt_tokens"] > 0
+
+
+def test_streaming_yields_the_answer(reader):
+    pieces = list(reader.stream(QUESTIONS[2], hits(3)))
+    assert "".join(pieces).strip().split("\n")[0].strip() == reader.generate(QUESTIONS[2], hits(3)).text
+    rp = "".join(reader.stream(QUESTIONS[2], hits(3), strategy="replug")).strip()
+    assert rp == reader.generate(QUESTIONS[2], hits(3), strategy="replug").text
+
+
+def test_weights_are_frozen(reader):
+    before = reader.weights_fingerprint()
+    for strategy in ("closed-book", "in-context", "replug"):
+        reader.generate_batch(QUESTIONS[:2], [[] if strategy == "closed-book" else hits(2)] * 2, strategy=strategy)
+    list(reader.stream(QUESTIONS[0], hits(1)))
+    assert reader.weights_fingerprint() == before
+    assert not reader.model.training
+    assert not any(p.requires_grad for p in reader.model.parameters())
+
+
+# -- bad input -------------------------------------------------------------------------------
+def test_unknown_strategy_lists_the_valid_ones(reader):
+    with pytest.raises(ConfigError, match="closed-book, in-context, replug, extractive"):
+        reader.generate("q", hits(1), strategy="map-reduce")
+    assert STRATEGIES == ("closed-book", "in-context", "replug", "extractive")
+
+
+def test_no_passages_is_a_clear_error(reader):
+    for strategy in ("in-context", "replug", "extractive"):
+        with pytest.raises(NoPassagesError, match="closed-book"):
+            reader.generate("q", [], strategy=strategy)
+
+
+def test_model_path_that_is_not_a_model(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ModelNotFoundError, match="no config.json"):
+        TransformersReader(tmp_path).warm_up()
+    with pytest.raises(ModelNotFoundError, match="is a file"):
+        TransformersReader(tmp_path / "notes.txt").warm_up()
+    with pytest.raises(ModelNotFoundError, match="not a local path"):
+        TransformersReader(tmp_path / "missing").warm_up()
+    with pytest.raises(ConfigError, match="dtype"):
+        TransformersReader(tmp_path, dtype="int3")
+
+
+def test_model_without_chat_template_uses_the_plain_layout(tiny_plain):
+    r = TransformersReader(tiny_plain, device="cpu", max_new_tokens=4, max_passage_tokens=30)
+    a = r.generate(QUESTIONS[0], hits(2))
+    assert a.prompt_format == "plain" and a.text
+    text = r.tokenizer.decode(r.prompts.build(QUESTIONS[0], hits(1)).ids)
+    assert text.rstrip().endswith("Answer:") and "<|im_start|>assistant" not in text
+    assert r.generate(QUESTIONS[0], [], strategy="closed-book").prompt_format == "plain"
+
+
+def test_seq2seq_reader(tiny_plain, tmp_path):
+    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+
+    tok = AutoTokenizer.from_pretrained(tiny_plain)
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=len(tok), d_model=32, d_ff=64, d_kv=8, num_layers=2, num_heads=4,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                      decoder_start_token_id=tok.pad_token_id)
+    T5ForConditionalGeneration(config).save_pretrained(tmp_path / "t5")
+    tok.save_pretrained(tmp_path / "t5")
+    r = TransformersReader(tmp_path / "t5", device="cpu", max_new_tokens=4, max_passage_tokens=30)
+    answers = r.generate_batch(QUESTIONS[:2], [hits(2), hits(1)])
+    assert r.is_seq2seq and len(answers) == 2 and all(a.generated_tokens <= 4 for a in answers)
+    with pytest.raises(ConfigError, match="seq2seq"):
+        r.generate(QUESTIONS[0], hits(2), strategy="replug")
+
+
+# -- with a knowledge base -------------------------------------------------------------------
+class _Docs:
+    def __init__(self, docs):
+        self.docs, self.source_id, self.complete = docs, "toy", True
+
+    def iter_documents(self):
+        yield from self.docs
+
+
+@pytest.fixture
+def toy_kb(tmp_path):
+    from rag_lfm.knowledge_base import KnowledgeBase
+
+    kb = KnowledgeBase.create(tmp_path / "kb", embedder="hash-64")
+    titles = ["Claude Monet", "Eiffel Tower", "Mount Everest", "Nile", "Marie Curie"]
+    kb.ingest(_Docs([Document(t, CORPUS[i], {"title": t}) for i, t in enumerate(titles)]), progress=False)
+    return kb
+
+
+def test_ask_retrieves_and_cites(reader, toy_kb):
+    a = ask(toy_kb, "Which lattice tower is in Paris?", reader=reader, k=2)
+    assert a.citations[0].doc_id == "Eiffel Tower" and a.citations[0].source_id == "toy"
+    assert a.latency_s > 0
+    many = ask_batch(toy_kb, QUESTIONS, reader=reader, k=2, strategy="replug")
+    assert len(many) == 5 and all(len(x.citations) == 2 for x in many)
+
+
+def test_ask_on_an_empty_index_is_a_clear_error(reader, tmp_path):
+    from rag_lfm.knowledge_base import KnowledgeBase
+
+    kb = KnowledgeBase.create(tmp_path / "empty", embedder="hash-64")
+    with pytest.raises(NoPassagesError, match="holds no documents"):
+        ask(kb, "anything?", reader=reader)
+    # closed-book needs no index content
+    assert ask(kb, "anything?", reader=reader, strategy="closed-book").citations == []
+
+
+def test_cli_ask_json(tiny_chat, toy_kb):
+    from typer.testing import CliRunner
+
+    from rag_lfm.cli import app
+
+    res = CliRunner().invoke(app, ["ask", str(toy_kb.path), "Which lattice tower is in Paris?", "-k", "2",
+                                   "--model", tiny_chat, "--max-new-tokens", "4", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output.strip().splitlines()[-1])
+    assert data["citations"][0]["doc_id"] == "Eiffel Tower" and data["strategy"] == "in-context"
+    bad = CliRunner().invoke(app, ["ask", str(toy_kb.path), "q", "--strategy", "nope", "--model", tiny_chat])
+    assert bad.exit_code == 2 and "valid strategies" in bad.output
+
+
+# -- the real packaged model ---------------------------------------------------------------------
+@pytest.mark.slow
+def test_smollm2_answers_from_a_passage():
+    pytest.importorskip("gguf")
+    from rag_lfm.models import resolve_model
+
+    path = resolve_model("SmolLM2-135M-Instruct")
+    assert (path / "config.json").exists() and any(path.glob("*.safetensors"))
+    r = TransformersReader(path, max_new_tokens=8, max_passage_tokens=64)
+    passage = Hit(1, "Claude Monet", 0.8, "Oscar-Claude Monet was a French painter and founder of Impressionism.",
+                  {"title": "Claude Monet"}, "wiki")
+    before = r.weights_fingerprint()
+    a = r.generate("Which French painter founded Impressionism?", [passage])
+    assert "Monet" in a.text and a.prompt_format == "chat"
+    assert r.weights_fingerprint() == before
