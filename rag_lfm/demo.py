@@ -20,7 +20,7 @@ QUERIES = [
     ("programming language created by Guido van Rossum", {"topic": "Technology"}),
     ("ancient city destroyed by a volcano", {"topic": {"$in": ["History", "Geography"]}}),
 ]
-QUESTION = "Which article is described as: French Impressionist painter?"
+QUESTION = "Which article is described as: Dutch post-impressionist painter?"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     from rag_lfm.readers import ask  # the frozen reader: SmolLM2-135M-Instruct, converted once from its GGUF
 
     t = time.perf_counter()
-    answer = ask(kb, QUESTION, k=3)
+    answer = ask(kb, QUESTION, k=3, strategy="replug")  # REPLUG: one pass per passage, mixed by retrieval score
     print(f"question: {QUESTION}\nanswer:   {answer.text}   ({time.perf_counter() - t:.1f} s, {answer.strategy}, {answer.model})")
     for c in answer.citations:
         print(f"  [{c.number}] {c.title} (score {c.score:.3f})")
