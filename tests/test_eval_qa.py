@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from rag_lfm.connectors import InMemory
 from rag_lfm.errors import ConfigError
 from rag_lfm.eval.qa import (
     QAExample,
@@ -71,12 +72,6 @@ def test_builtin_task_is_fixed_held_out_and_well_formed():
         wiki_vital_task(5, split="train")
 
 
-class _Docs:
-    def __init__(self, docs):
-        self.docs, self.source_id, self.complete = docs, "toy", True
-
-    def iter_documents(self):
-        yield from self.docs
 
 
 def test_evaluate_qa_end_to_end(tmp_path):
@@ -87,7 +82,7 @@ def test_evaluate_qa_end_to_end(tmp_path):
 
     titles = ["Claude Monet", "Eiffel Tower", "Mount Everest", "Nile", "Marie Curie"]
     kb = KnowledgeBase.create(tmp_path / "kb", embedder="hash-64")
-    kb.ingest(_Docs([Document(t, CORPUS[i], {"title": t}) for i, t in enumerate(titles)]), progress=False)
+    kb.ingest(InMemory(name="toy", items=[Document(t, CORPUS[i], {"title": t}) for i, t in enumerate(titles)]), progress=False)
     examples = [QAExample("Which lattice tower is in Paris?", ["Eiffel Tower"], "1"),
                 QAExample("Which river flows north in Africa?", ["Nile"], "2"),
                 QAExample("Who studied radioactivity?", ["Marie Curie"], "3")]
@@ -114,7 +109,7 @@ def test_cli_eval_qa(tmp_path):
     from tests.test_readers import CORPUS, _save_tiny
 
     kb = KnowledgeBase.create(tmp_path / "kb", embedder="hash-64")
-    kb.ingest(_Docs([Document("Nile", CORPUS[3], {"title": "Nile"})]), progress=False)
+    kb.ingest(InMemory(name="toy", items=[Document("Nile", CORPUS[3], {"title": "Nile"})]), progress=False)
     data = tmp_path / "qa.jsonl"
     data.write_text(json.dumps({"question": "Which river?", "answers": ["Nile"]}) + "\n")
     model = _save_tiny(tmp_path / "m", chat=True)

@@ -13,20 +13,12 @@ import time
 import numpy as np
 import pytest
 
-from rag_lfm import Document, HashEmbedder, KnowledgeBase, Skipped
+from rag_lfm import Document, HashEmbedder, InMemory, KnowledgeBase, Skipped
 from rag_lfm.errors import ConfigError, EmbedderMismatchError, FilterError, IndexFormatError
 
 TOPICS = ["History", "Arts", "Science", "Geography"]
 
 
-class ListSource:
-    """A connector over a list (the protocol is three attributes)."""
-
-    def __init__(self, items, source_id="list", complete=True):
-        self.items, self.source_id, self.complete = list(items), source_id, complete
-
-    def iter_documents(self):
-        yield from self.items
 
 
 def corpus(n=200, seed=0):
@@ -48,7 +40,7 @@ def kb(tmp_path, docstore_url, unique_prefix):
 
 
 def test_ingest_search_and_reopen(kb):
-    report = kb.ingest(ListSource(corpus()), progress=False, commit_every=64)
+    report = kb.ingest(InMemory(corpus()), progress=False, commit_every=64)
     assert (report.added, report.updated, report.unchanged, report.failed) == (200, 0, 0, [])
     assert report.commits == 4
     hits = kb.search("unique17", k=3)
@@ -61,12 +53,12 @@ def test_ingest_search_and_reopen(kb):
 
 def test_reingest_skips_unchanged_and_reuses_embeddings(kb):
     docs = corpus(50)
-    kb.ingest(ListSource(docs), progress=False)
+    kb.ingest(InMemory(docs), progress=False)
     calls = kb.embedder.calls
     edited = docs[:]
     edited[3] = Document("doc3", docs[3].text + " appended words", docs[3].metadata)
     edited[4] = Document("doc4", docs[4].text, {**docs[4].metadata, "topic": "Changed"})  # metadata only
-    report = kb.ingest(ListSource(edited), progress=False)
+    report = kb.ingest(InMemory(edited), progress=False)
     assert (report.added, report.updated, report.unchanged) == (0, 2, 48)
     assert report.chunks_embedded == 1 and report.chunks_reused == 0  # doc4's chunk id is unchanged: nothing to embed
     assert kb.embedder.calls - calls == 1
@@ -74,9 +66,9 @@ def test_reingest_skips_unchanged_and_reuses_embeddings(kb):
 
 
 def test_sync_deletes_only_its_own_source(kb):
-    kb.ingest(ListSource(corpus(20), "a"), progress=False)
-    kb.ingest(ListSource([Document("x", "other source text unique99")], "b"), progress=False)
-    report = kb.sync(ListSource(corpus(20)[:15], "a"), progress=False)
+    kb.ingest(InMemory(corpus(20), name="a"), progress=False)
+    kb.ingest(InMemory([Document("x", "other source text unique99")], name="b"), progress=False)
+    report = kb.sync(InMemory(corpus(20)[:15], name="a"), progress=False)
     assert report.deleted == 5
     assert kb.info()["counts"] == {"documents": 16, "chunks": 16}
     assert kb.index.ntotal == 16
@@ -85,7 +77,7 @@ def test_sync_deletes_only_its_own_source(kb):
 
 
 def test_selective_filter_still_returns_k_hits(kb):
-    kb.ingest(ListSource(corpus(400)), progress=False)
+    kb.ingest(InMemory(corpus(400)), progress=False)
     # 4 documents match: a post-filter over the global top-k would starve; the selector inside FAISS does not.
     hits = kb.search("w1 w2 w3", k=4, filter={"year": {"$gte": 1800, "$lt": 1816}, "topic": "History"})
     assert sorted(h.doc_id for h in hits) == ["doc0", "doc12", "doc4", "doc8"]
@@ -96,7 +88,7 @@ def test_selective_filter_still_returns_k_hits(kb):
 
 
 def test_filter_values_are_parameterised(kb):
-    kb.ingest(ListSource(corpus(8)), progress=False)
+    kb.ingest(InMemory(corpus(8)), progress=False)
     assert kb.search("w1", k=8, filter={"topic": "x' OR '1'='1"}) == []
     assert kb.search("w1", k=8, filter={"_doc_id": "doc1' --"}) == []
 
@@ -113,22 +105,22 @@ def test_filter_values_are_parameterised(kb):
     ],
 )
 def test_bad_filters_name_the_field_and_the_fix(kb, flt, match):
-    kb.ingest(ListSource(corpus(8)), progress=False)
+    kb.ingest(InMemory(corpus(8)), progress=False)
     with pytest.raises(FilterError, match=match):
         kb.search("w1", filter=flt)
 
 
 def test_bad_documents_are_reported_and_the_rest_ingests(kb):
     items = [Document("ok1", "good text"), Document("empty", "   "), Skipped("broken.json", "invalid JSON"), Document("ok1", "dup"), Document("ok2", "more text")]
-    report = kb.ingest(ListSource(items), progress=False)
+    report = kb.ingest(InMemory(items), progress=False)
     assert report.added == 2
     reasons = {s.ref: s.reason for s in report.failed}
     assert reasons == {"empty": "empty document (no text)", "broken.json": "invalid JSON", "ok1": "duplicate document id in this source (the first one was kept)"}
 
 
 def test_delete_by_id_and_source(kb):
-    kb.ingest(ListSource(corpus(10), "a"), progress=False)
-    kb.ingest(ListSource(corpus(5), "b"), progress=False)
+    kb.ingest(InMemory(corpus(10), name="a"), progress=False)
+    kb.ingest(InMemory(corpus(5), name="b"), progress=False)
     assert kb.delete(["doc1", "doc2"], source="a") == 2
     assert kb.delete(["doc3"]) == 2  # in both sources
     assert kb.delete(source="b") == 4
@@ -160,7 +152,7 @@ def test_open_errors(tmp_path):
 
 def test_tampered_or_truncated_index_file_fails_its_checksum(tmp_path):
     kb = KnowledgeBase.create(tmp_path / "idx", embedder=HashEmbedder(32))
-    kb.ingest(ListSource(corpus(30)), progress=False)
+    kb.ingest(InMemory(corpus(30)), progress=False)
     [name] = kb.manifest["files"]
     f = kb.path / name
     data = f.read_bytes()
@@ -197,9 +189,9 @@ def test_approximate_and_masked_indexes(tmp_path):
     for factory in ["IVF4,Flat", "HNSW16,Flat"]:
         kb = KnowledgeBase.create(tmp_path / factory, embedder=HashEmbedder(64), index=factory)
         docs = corpus(300)
-        kb.ingest(ListSource(docs), progress=False, commit_every=300)
+        kb.ingest(InMemory(docs), progress=False, commit_every=300)
         assert kb.search(docs[42].text, k=1)[0].doc_id == "doc42"
-        kb.sync(ListSource(corpus(300)[:200]), progress=False)
+        kb.sync(InMemory(corpus(300)[:200]), progress=False)
         assert kb.index.ntotal == 200
         assert all(h.doc_id not in {f"doc{i}" for i in range(200, 300)} for h in kb.search(docs[250].text, k=20))
         # a selective filter on an approximate index is scored exactly from stored vectors
@@ -221,9 +213,9 @@ def test_auto_index_rule():
 
 def test_crash_between_docstore_commit_and_manifest_rolls_forward(tmp_path):
     kb = KnowledgeBase.create(tmp_path / "idx", embedder=HashEmbedder(32))
-    kb.ingest(ListSource(corpus(10)), progress=False)
+    kb.ingest(InMemory(corpus(10)), progress=False)
     old_manifest = (kb.path / "manifest.json").read_text()
-    kb.ingest(ListSource(corpus(20)), progress=False)
+    kb.ingest(InMemory(corpus(20)), progress=False)
     # Simulate the crash window: doc store committed generation g+1, manifest still says g.
     (kb.path / "manifest.json").write_text(old_manifest)
     again = KnowledgeBase.open(kb.path)
@@ -278,7 +270,7 @@ def test_sigkill_mid_ingest_keeps_last_commit_and_rerun_completes(tmp_path):
 
 def test_recorded_specs_never_keep_a_password(tmp_path):
     kb = KnowledgeBase.create(tmp_path / "idx", embedder=HashEmbedder(16))
-    src = ListSource([Document("a", "text")], "db")
+    src = InMemory([Document("a", "text")], name="db")
     src.spec = {"type": "sql", "url": "postgresql+psycopg://user:s3cret@host/db", "table": "t"}
     kb.ingest(src, progress=False)
     spec = kb.docstore.source_infos()["db"]["spec"]

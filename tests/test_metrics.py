@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from rag_lfm.connectors import InMemory
 from rag_lfm import KnowledgeBase
 from rag_lfm.errors import ConfigError
 from rag_lfm.metrics import (
@@ -37,24 +38,12 @@ FRUIT = [
 ]
 
 
-class Docs:
-    """A minimal real connector over a list of (id, text, metadata)."""
-
-    complete = True
-
-    def __init__(self, items, source_id="test:docs"):
-        self.items = items
-        self.source_id = source_id
-
-    def iter_documents(self):
-        for doc_id, text, meta in self.items:
-            yield Document(doc_id, text, meta)
 
 
 @pytest.fixture
 def kb(tmp_path):
     kb = KnowledgeBase.create(tmp_path / "kb", embedder="hash-64")
-    kb.ingest(Docs([(f"d{i}", t, {"n": i}) for i, t in enumerate(FRUIT)]), progress=False)
+    kb.ingest(InMemory([(f"d{i}", t, {"n": i}) for i, t in enumerate(FRUIT)]), progress=False)
     yield kb
     kb.close()
 
@@ -146,9 +135,9 @@ def test_wrong_shape_and_nan_are_clear_errors(kb, cleanup):
 def test_metadata_metrics_rerank_by_recency_and_source(tmp_path, cleanup):
     kb = KnowledgeBase.create(tmp_path / "kb", embedder="hash-64")
     same = "quarterly report on apple sales"
-    kb.ingest(Docs([("old", same, {"published": "2020-01-01"}), ("new", same, {"published": "2026-11-01"})],
-                   source_id="news"), progress=False)
-    kb.ingest(Docs([("blog", same + " blog", {})], source_id="blog"), progress=False)
+    kb.ingest(InMemory([("old", same, {"published": "2020-01-01"}), ("new", same, {"published": "2026-11-01"})],
+                      name="news"), progress=False)
+    kb.ingest(InMemory([("blog", same + " blog", {})], name="blog"), progress=False)
     now = 1_795_000_000.0  # 2026-11-17
     register_metric("fresh", recency_decay("published", half_life_days=30, weight=0.5, now=now)); cleanup.append("fresh")
     register_metric("trusted", source_weights({"blog": 0.1})); cleanup.append("trusted")

@@ -14,6 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from rag_lfm.connectors import InMemory
 from rag_lfm.errors import ConfigError, ModelNotFoundError  # noqa: E402
 from rag_lfm.readers import (  # noqa: E402
     STRATEGIES,
@@ -257,12 +258,6 @@ def test_seq2seq_reader(tiny_plain, tmp_path):
 
 
 # -- with a knowledge base -------------------------------------------------------------------
-class _Docs:
-    def __init__(self, docs):
-        self.docs, self.source_id, self.complete = docs, "toy", True
-
-    def iter_documents(self):
-        yield from self.docs
 
 
 @pytest.fixture
@@ -271,7 +266,7 @@ def toy_kb(tmp_path):
 
     kb = KnowledgeBase.create(tmp_path / "kb", embedder="hash-64")
     titles = ["Claude Monet", "Eiffel Tower", "Mount Everest", "Nile", "Marie Curie"]
-    kb.ingest(_Docs([Document(t, CORPUS[i], {"title": t}) for i, t in enumerate(titles)]), progress=False)
+    kb.ingest(InMemory(name="toy", items=[Document(t, CORPUS[i], {"title": t}) for i, t in enumerate(titles)]), progress=False)
     return kb
 
 

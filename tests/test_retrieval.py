@@ -7,22 +7,13 @@ import json
 import numpy as np
 import pytest
 
+from rag_lfm.connectors import InMemory
 from rag_lfm import KnowledgeBase
 from rag_lfm.errors import ConfigError
 from rag_lfm.retrieval import BM25Index, CrossEncoderReranker, Retriever, mmr, rrf, weighted
 from rag_lfm.types import Document
 
 
-class Docs:
-    complete = True
-
-    def __init__(self, items, source_id="test:docs"):
-        self.items = items
-        self.source_id = source_id
-
-    def iter_documents(self):
-        for doc_id, text, meta in self.items:
-            yield Document(doc_id, text, meta)
 
 
 TEXTS = {
@@ -37,7 +28,7 @@ TEXTS = {
 @pytest.fixture
 def kb(tmp_path):
     kb = KnowledgeBase.create(tmp_path / "kb", embedder="hash-128")
-    kb.ingest(Docs([(k, t, m) for k, (t, m) in TEXTS.items()]), progress=False)
+    kb.ingest(InMemory([(k, t, m) for k, (t, m) in TEXTS.items()]), progress=False)
     yield kb
     kb.close()
 
@@ -90,7 +81,7 @@ def test_bm25_persisted_and_rebuilt_when_kb_changes(kb):
     again = BM25Index.for_kb(kb)  # up to date: loaded, not rebuilt
     assert (folder / "chunk_ids.npy").stat().st_mtime_ns == stamp
     assert again.search(["wolves"], k=1)[1][0, 0] == r.bm25.search(["wolves"], k=1)[1][0, 0]
-    kb.ingest(Docs([("zebra", "Zebras are striped African equines.", {"topic": "animals"})], "more"), progress=False)
+    kb.ingest(InMemory([("zebra", "Zebras are striped African equines.", {"topic": "animals"})], name="more"), progress=False)
     assert [h.doc_id for h in r.search("striped equines", k=1)] == ["zebra"]  # the same Retriever resyncs
     assert json.loads((folder / "rag_lfm_bm25.json").read_text())["generation"] == kb.generation
     # A query sharing no term with any chunk returns nothing rather than zero-score noise.
@@ -99,7 +90,7 @@ def test_bm25_persisted_and_rebuilt_when_kb_changes(kb):
 
 def test_bm25_settings_and_title_field(tmp_path):
     kb = KnowledgeBase.create(tmp_path / "kb", embedder="hash-32")
-    kb.ingest(Docs([("a", "A painter from France.", {"title": "Claude Monet"}),
+    kb.ingest(InMemory([("a", "A painter from France.", {"title": "Claude Monet"}),
                     ("b", "A composer from Austria.", {"title": "Mozart"})]), progress=False)
     plain = Retriever(kb, method="bm25")
     titled = Retriever(kb, method="bm25", bm25_settings={"fields": ["title"]})
@@ -128,7 +119,7 @@ def test_retriever_rejects_bad_options(kb):
 
 def test_mmr_retriever_diversifies(tmp_path):
     kb = KnowledgeBase.create(tmp_path / "kb", embedder="hash-128")
-    kb.ingest(Docs([("a1", "apple pie recipe with apples", {}), ("a2", "apple pie recipe with apples!", {}),
+    kb.ingest(InMemory([("a1", "apple pie recipe with apples", {}), ("a2", "apple pie recipe with apples!", {}),
                     ("b", "apple cider vinegar", {}), ("c", "pear tart", {})]), progress=False)
     plain = [h.doc_id for h in Retriever(kb).search("apple pie recipe", k=2)]
     diverse = [h.doc_id for h in Retriever(kb, mmr_lambda=0.3).search("apple pie recipe", k=2)]
@@ -152,7 +143,7 @@ def test_hybrid_beats_dense_on_exact_keyword_corpus(tmp_path):
         docs.append((f"o{i}", f"Order {code} {events[i % 6]}.", {}))
         queries.append((f"what happened to order {code}", f"o{i}"))
     kb = KnowledgeBase.create(tmp_path / "kb", embedder="all-MiniLM-L6-v2")
-    kb.ingest(Docs(docs), progress=False)
+    kb.ingest(InMemory(docs), progress=False)
 
     def mrr(retriever):
         got = retriever.search_batch([q for q, _ in queries], k=10)
@@ -226,7 +217,7 @@ def test_vector_cache_modes_agree_and_follow_the_kb(kb):
         np.testing.assert_allclose([[h.score for h in row] for row in got], [[h.score for h in row] for row in ref],
                                    atol=2e-3)
     assert r.cache.vectors.shape == (5, 128) and r.cache.vectors.dtype == np.float32
-    kb.ingest(Docs([("lion", "Lions are large domesticated mammals? No: wild cats.", {"topic": "animals"})], "x"),
+    kb.ingest(InMemory([("lion", "Lions are large domesticated mammals? No: wild cats.", {"topic": "animals"})], name="x"),
               progress=False)
     assert "lion" in [h.doc_id for h in r.search("lions wild cats", k=2)]
     assert r.cache.vectors.shape == (6, 128)
@@ -240,7 +231,7 @@ def test_multi_field_bm25_opening_sentence(kb):
     lead = r.bm25_indexes[0]
     assert len(lead) == 5 and lead.settings["opening_sentences"] == 1
     two = "Rome is the capital. It has the Colosseum."
-    kb.ingest(Docs([("rome2", two, {"topic": "places"})], "two"), progress=False)
+    kb.ingest(InMemory([("rome2", two, {"topic": "places"})], name="two"), progress=False)
     assert r.search("Colosseum", k=2) == []  # only the first sentence is in this field
     both = Retriever(kb, method="hybrid", fusion="weighted", normalize="zscore", weights=[1.0, 0.5, 0.5],
                      bm25_settings=[{}, {"opening_sentences": 1}])
