@@ -85,6 +85,16 @@ def test_bad_factory_is_a_clear_error():
         FaissBackend(8, "NotAnIndex")
 
 
+def test_faiss_gpu_count_is_zero_without_faiss(monkeypatch):
+    """backend="auto" asks faiss for GPUs; a GPU machine without faiss at all must still get the torch backend."""
+    import sys
+
+    from rag_lfm.index import faiss_gpu_count
+
+    monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` now raises ImportError
+    assert faiss_gpu_count() == 0
+
+
 def _cuda() -> bool:
     import torch
 

@@ -123,7 +123,14 @@ def _split_of(title: str) -> str:
 QUESTION_TEMPLATE = "Which article/entity is described as: {description}?"
 
 
-def wiki_vital_task(n: int = 300, *, seed: int = 0, split: str = "test", query: str = "question") -> list[QAExample]:
+def wiki_vital_task(
+    n: int = 300,
+    *,
+    seed: int = 0,
+    split: str = "test",
+    query: str = "question",
+    entries: Sequence[dict[str, Any]] | None = None,
+) -> list[QAExample]:
     """The built-in QA task over wiki-vital (see the module docstring).
 
     Args:
@@ -131,6 +138,8 @@ def wiki_vital_task(n: int = 300, *, seed: int = 0, split: str = "test", query: 
         seed: the sample's seed (fixed by default, so every run scores the same questions).
         split: ``"test"`` (held out) or ``"dev"`` (for tuning prompts and settings).
         query: the retrieval query: ``"question"`` (the full question) or ``"description"``.
+        entries: the raw ``{title, extract, description}`` entries to draw from (default: all of
+            :func:`~rag_lfm.connectors.wiki.load_wiki_vital`; e.g. a JSONL export where the package is absent).
 
     Gold answers are the title and, for a title with a parenthetical qualifier
     ("Mercury (planet)"), the title without it.
@@ -139,9 +148,10 @@ def wiki_vital_task(n: int = 300, *, seed: int = 0, split: str = "test", query: 
         raise ConfigError(f"split {split!r} is not valid; use 'dev' or 'test'")
     if query not in ("question", "description"):
         raise ConfigError(f"query {query!r} is not valid; use 'question' or 'description'")
-    from rag_lfm.connectors.wiki import load_wiki_vital
+    if entries is None:
+        from rag_lfm.connectors.wiki import load_wiki_vital
 
-    entries = load_wiki_vital()
+        entries = load_wiki_vital()
     counts = Counter(normalize_answer(e.get("description") or "") for e in entries)
     pool: list[QAExample] = []
     for e in entries:

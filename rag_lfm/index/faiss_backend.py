@@ -23,7 +23,12 @@ def _faiss() -> Any:
 
 
 def faiss_gpu_count() -> int:
-    faiss = _faiss()
+    """GPUs this faiss build can use; 0 for a CPU build, and 0 when faiss is not installed at all
+    (so ``backend="auto"`` still picks the torch backend on a GPU machine without faiss)."""
+    try:
+        faiss = _faiss()
+    except ImportError:
+        return 0
     return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
 
 
