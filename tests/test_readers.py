@@ -190,10 +190,57 @@ def test_citations_carry_ids_sources_scores(reader):
 
 
 def test_streaming_yields_the_answer(reader):
-    pieces = list(reader.stream(QUESTIONS[2], hits(3)))
-    assert "".join(pieces).strip().split("\n")[0].strip() == reader.generate(QUESTIONS[2], hits(3)).text
-    rp = "".join(reader.stream(QUESTIONS[2], hits(3), strategy="replug")).strip()
-    assert rp == reader.generate(QUESTIONS[2], hits(3), strategy="replug").text
+    # Streaming yields the decoded answer as it comes (no rescoring of whole candidates).
+    try:
+        reader.candidates = "none"
+        pieces = list(reader.stream(QUESTIONS[2], hits(3)))
+        assert "".join(pieces).strip().split("\n")[0].strip() == reader.generate(QUESTIONS[2], hits(3)).text
+        rp = "".join(reader.stream(QUESTIONS[2], hits(3), strategy="replug")).strip()
+        assert rp == reader.generate(QUESTIONS[2], hits(3), strategy="replug").text
+    finally:
+        reader.candidates = "titles"
+
+
+def _full_forward_score(reader, prompt_ids: list[int], answer_ids: list[int]) -> float:
+    """log p(answer tokens, then any stop token | prompt), from one uncached forward pass."""
+    ids = torch.tensor([prompt_ids + answer_ids])
+    with torch.inference_mode():
+        lp = torch.log_softmax(reader.model(ids).logits[0].float(), -1)
+    n, start = len(answer_ids), len(prompt_ids) - 1
+    total = sum(float(lp[start + j, t]) for j, t in enumerate(answer_ids))
+    stops = reader._stop_ids[: lp.shape[-1]]
+    return total + float(torch.logsumexp(lp[start + n][stops], 0))
+
+
+@pytest.mark.parametrize("strategy", ["in-context", "replug"])
+def test_rescored_candidates_match_an_uncached_forward_pass(reader, strategy):
+    """The candidates are scored on the prompt's cropped cache; a plain forward pass must agree."""
+    passages = hits(3)
+    answers = reader.generate_batch(QUESTIONS[:3], [passages] * 3, strategy=strategy)
+    titles = {h.metadata["title"] for h in passages}
+    for q, a in zip(QUESTIONS[:3], answers):
+        assert a.candidates, "titles compete with the decoded answer"
+        assert a.text == max(a.candidates, key=lambda c: c["score"])["text"]
+        parts, weights = reader._plan(q, passages, strategy)
+        for cand in a.candidates:
+            if cand["source"] != "title":
+                continue
+            assert cand["text"] in titles
+            ids = reader.tokenizer(" " + cand["text"], add_special_tokens=False)["input_ids"]
+            rows = [_full_forward_score(reader, p.ids, ids) for p in parts]
+            if weights is None:
+                expected = rows[0]
+            else:
+                expected = float(torch.logsumexp(torch.tensor(rows) + torch.log(weights), 0))
+            assert cand["score"] == pytest.approx(expected / (len(ids) + 1), abs=1e-4)
+
+
+def test_candidates_none_keeps_the_decoded_answer(tiny_chat):
+    plain = TransformersReader(tiny_chat, device="cpu", max_new_tokens=6, max_passage_tokens=40, candidates="none")
+    a = plain.generate(QUESTIONS[0], hits(3))
+    assert a.candidates == [] and a.text
+    with pytest.raises(ConfigError, match="candidates"):
+        TransformersReader(tiny_chat, candidates="everything")
 
 
 def test_weights_are_frozen(reader):

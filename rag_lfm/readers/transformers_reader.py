@@ -60,6 +60,17 @@ def _first_line(text: str) -> str:
     return text.strip().split("\n", 1)[0].strip()
 
 
+def _crop(cache: Any, length: int) -> None:
+    """Cut a key/value cache back to its first ``length`` positions.
+
+    A negative argument removes that many positions in every transformers version
+    (older ones also take a positive max length; newer ones only the negative form).
+    """
+    extra = cache.get_seq_length() - length
+    if extra > 0:
+        cache.crop(-extra)
+
+
 class _CopyConstraint:
     """Keeps an answer a contiguous span of one token sequence (the passages).
 
@@ -112,6 +123,10 @@ class TransformersReader:
         constrain: ``"copy"`` (default): with passages, the answer must be a span copied
             from them (a name or phrase the passages hold); ``"none"``: free generation.
         one_shot: show one worked example before the question (see ``prompts``).
+        candidates: ``"titles"`` (default): with passages, the decoded answer competes with
+            the passages' titles, each scored whole by the model (:meth:`_rescore`; a
+            cheap pass over the candidates' tokens only); ``"none"``: the decoded answer
+            as it is. Streaming always yields the decoded answer.
     """
 
     def __init__(
@@ -130,6 +145,7 @@ class TransformersReader:
         use_chat_template: bool | None = None,
         constrain: str = "copy",
         one_shot: bool = True,
+        candidates: str = "titles",
     ) -> None:
         if dtype not in _DTYPES:
             raise ConfigError(f"dtype {dtype!r} is not supported; valid values: {', '.join(_DTYPES)}")
@@ -139,6 +155,8 @@ class TransformersReader:
                 raise ConfigError(f"{label} must be >= 1, got {value!r}")
         if constrain not in ("copy", "none"):
             raise ConfigError(f"constrain {constrain!r} is not valid; use 'copy' (answers are spans of the passages) or 'none'")
+        if candidates not in ("titles", "none"):
+            raise ConfigError(f"candidates {candidates!r} is not valid; use 'titles' (titles compete with the decoded answer) or 'none'")
         if replug_temperature <= 0:
             raise ConfigError(f"replug_temperature must be > 0, got {replug_temperature!r}")
         self.model_ref = str(model)
@@ -155,6 +173,7 @@ class TransformersReader:
         self.use_chat_template = use_chat_template
         self.constrain = constrain
         self.one_shot = one_shot
+        self.candidates = candidates
         self.share_prefix = True
         self._model = None
         self._tokenizer = None
@@ -322,6 +341,8 @@ class TransformersReader:
         on_token: Callable[[int, int], None] | None = None,
         copy_from: list[list[int]] | None = None,
         prefix_len: int = 0,
+        candidates: list[list[list[int]]] | None = None,
+        scored: list[list[dict[str, Any]]] | None = None,
     ) -> tuple[list[list[int]], list[str]]:
         """Greedy decoding of ``prompts`` as one left-padded batch.
 
@@ -332,6 +353,9 @@ class TransformersReader:
         When every prompt starts with the same ``prefix_len`` tokens, the prefix runs
         once (batch 1) and its cache is repeated for the rows, with the rows' left
         padding placed after it (masked out, positions kept contiguous).
+        With ``candidates`` (token lists per group, e.g. the passages' titles), the decoded
+        answer competes with them once decoding ends (see :meth:`_rescore`); each
+        group's candidates and scores are appended to ``scored``.
         Returns the generated ids and the finish reason of each group.
         """
         torch = _torch()
@@ -363,11 +387,15 @@ class TransformersReader:
             w = None if weights is None else torch.tensor(weights, dtype=torch.float32, device=dev)
             logits, cache = self._forward(ids, mask, positions, cache)
             next_pos = positions[:, -1:] + 1
+            prompt_state = (logits, mask, next_pos, mask.shape[1])  # for _rescore
             out: list[list[int]] = [[] for _ in range(n_groups)]
             reasons = ["length"] * n_groups
             done = torch.zeros(n_groups, dtype=torch.bool, device=dev)
             copy = None if copy_from is None else [_CopyConstraint(c) for c in copy_from]
             stop_rows = self._stop_ids.nonzero().flatten()
+            # rows_ok is filled on the CPU: index it with a CPU copy, made once (on a GPU,
+            # stop_rows.cpu() inside the row loop was a device sync per row per step).
+            stop_rows_cpu = stop_rows.cpu()
             for step in range(self.max_new_tokens):
                 rows_ok = None
                 if copy is not None:
@@ -380,7 +408,7 @@ class TransformersReader:
                         if ok:
                             rows_ok[r, ok] = True
                             if step > 0:
-                                rows_ok[r, stop_rows.cpu()] = True
+                                rows_ok[r, stop_rows_cpu] = True
                     rows_ok = rows_ok.to(dev)
                 if w is None:
                     if rows_ok is not None:
@@ -425,7 +453,96 @@ class TransformersReader:
                 mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=dev)], dim=1)
                 logits, cache = self._forward(tok_r[:, None], mask, next_pos, cache)
                 next_pos = next_pos + 1
+            if candidates is not None:
+                found = self._rescore(cache, prompt_state, group_idx, w, out, reasons, candidates)
+                if scored is not None:
+                    scored.extend(found)
             return out, reasons
+
+    def _rescore(self, cache, prompt_state, group_idx, w, out, reasons, candidates) -> list[list[dict[str, Any]]]:
+        """Replace each group's decoded answer, in place, by its best-scored candidate.
+
+        Returns, per group, the candidates with their scores (``Answer.candidates``).
+
+        The candidates of a group are its decoded answer and ``candidates[g]``; each is
+        scored by the frozen model as an answer to the same prompt: the mean log-probability
+        of its tokens and of ending there (the probability mass of every stop token), so a
+        long name is not penalised for its length. Under REPLUG a candidate's probability
+        is the weighted mixture over the group's rows, as for decoding. Greedy decoding
+        commits to its first token; scoring whole answers lets a name whose first token
+        was less likely than a description's ("Museo del Prado" against "Spanish national
+        art museum") win when the model finds it the better answer as a whole.
+
+        The prompt's key/value cache is reused (cropped back to the prompt), so only the
+        candidates' tokens are computed.
+        """
+        torch = _torch()
+        first_logits, prompt_mask, next_pos, prompt_len = prompt_state
+        dev = first_logits.device
+        options: list[list[list[int]]] = []
+        kinds: list[list[str]] = []
+        for g, extra in enumerate(candidates):
+            seen: set[str] = set()
+            opts: list[list[int]] = []
+            kind: list[str] = []
+            for j, ids in enumerate([out[g], *extra]):
+                key = self._text(ids).lower()
+                if ids and key and key not in seen:
+                    seen.add(key)
+                    opts.append(list(ids))
+                    kind.append("decoded" if j == 0 else "title")
+            options.append(opts)
+            kinds.append(kind)
+        groups = group_idx.tolist()
+        pairs = [(r, c) for r, g in enumerate(groups) for c in range(len(options[g]))]
+        found: list[list[dict[str, Any]]] = [[] for _ in options]
+        if all(len(o) < 2 for o in options) or not pairs:
+            return found
+        _crop(cache, prompt_len)
+        rows = torch.tensor([r for r, _ in pairs], dtype=torch.long, device=dev)
+        cache.batch_select_indices(rows)
+        seqs = [options[groups[r]][c] for r, c in pairs]
+        width = max(len(t) for t in seqs)
+        pad = int(self._tokenizer.pad_token_id)
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        for i, t in enumerate(seqs):
+            ids[i, : len(t)] = torch.tensor(t, dtype=torch.long)  # right-padded: pads come after, unseen
+        ids = ids.to(dev)
+        mask = torch.cat([prompt_mask[rows], torch.ones((len(seqs), width), dtype=prompt_mask.dtype, device=dev)], 1)
+        positions = next_pos[rows] + torch.arange(width, device=dev)[None]
+        kwargs = {self._cache_kw: cache}
+        logits = self._model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs).logits
+        lp_first = torch.log_softmax(first_logits.float(), -1)[rows]  # (pairs, V): predicts token 0
+        lp = torch.log_softmax(logits.float(), -1)  # position j predicts token j + 1, or the end
+        stops = self._stop_ids[: lp.shape[-1]]
+        totals = torch.empty(len(seqs), dtype=torch.float32, device=dev)
+        for i, t in enumerate(seqs):
+            n = len(t)
+            tok = torch.tensor(t, device=dev)
+            s = lp_first[i, tok[0]]
+            if n > 1:
+                s = s + lp[i, torch.arange(n - 1, device=dev), tok[1:]].sum()
+            s = s + torch.logsumexp(lp[i, n - 1][stops], 0)
+            totals[i] = s
+        where: dict[tuple[int, int], list[int]] = {}
+        for i, (r, c) in enumerate(pairs):
+            where.setdefault((groups[r], c), []).append(i)
+        for g in range(len(options)):
+            if len(options[g]) < 2:
+                continue
+            best, best_score = 0, float("-inf")
+            for c, t in enumerate(options[g]):
+                idx = where[(g, c)]
+                row_scores = totals[idx]
+                if w is not None:  # REPLUG: log sum_r w_r p_r(candidate)
+                    row_scores = row_scores + torch.log(w[rows[idx]].clamp(min=1e-30))
+                score = float(torch.logsumexp(row_scores, 0)) / (len(t) + 1)
+                found[g].append({"text": self._text(t), "source": kinds[g][c], "score": score})
+                if score > best_score:
+                    best, best_score = c, score
+            if best:
+                out[g], reasons[g] = options[g][best], "stop"
+        return found
 
     def _decode_seq2seq(self, prompts: list[list[int]]) -> tuple[list[list[int]], list[str]]:
         """Seq2seq models go through ``model.generate`` (greedy); REPLUG is not offered for them."""
@@ -499,24 +616,11 @@ class TransformersReader:
             bar = tqdm(total=len(plans), desc=f"answering ({strategy})", unit="q")
         for batch in batches:
             start = time.perf_counter()
-            prompts, groups, weights, contexts = [], [], [], []
-            for g, i in enumerate(batch):
-                parts, w = plans[i]
-                for j, p in enumerate(parts):
-                    prompts.append(p.ids)
-                    groups.append(g)
-                    weights.append(1.0 if w is None else float(w[j]))
-                    contexts.append(p.context_ids or [])
-            if self.is_seq2seq:
-                gen, reasons = self._decode_seq2seq(prompts)
-            else:
-                gen, reasons = self._decode(
-                    prompts, groups, weights if strategy == "replug" else None, len(batch),
-                    copy_from=self._copy_from(strategy, contexts), prefix_len=plans[batch[0]][0][0].prefix_len,
-                )
+            gen, reasons, scored = self._decode_plans([plans[i] for i in batch], strategy)
             elapsed = (time.perf_counter() - start) / len(batch)
             for g, i in enumerate(batch):
                 answers[i] = self._answer(questions[i], strategy, plans[i][0], passages[i], gen[g], reasons[g], elapsed)
+                answers[i].candidates = scored[g]
             if bar is not None:
                 bar.update(len(batch))
         if bar is not None:
@@ -580,13 +684,45 @@ class TransformersReader:
             raise failure[0]
 
     # -- helpers ------------------------------------------------------------------------------
+    def _decode_plans(
+        self, plans: list[tuple[list[PromptParts], Any]], strategy: str
+    ) -> tuple[list[list[int]], list[str], list[list[dict[str, Any]]]]:
+        """Decode the prompts of ``plans`` (one group per question) as one batch."""
+        prompts, groups, weights, contexts = [], [], [], []
+        for g, (parts, w) in enumerate(plans):
+            for j, p in enumerate(parts):
+                prompts.append(p.ids)
+                groups.append(g)
+                weights.append(1.0 if w is None else float(w[j]))
+                contexts.append(p.context_ids or [])
+        scored: list[list[dict[str, Any]]] = []
+        if self.is_seq2seq:
+            return (*self._decode_seq2seq(prompts), [[] for _ in plans])
+        candidates = None
+        if self.candidates == "titles" and strategy != "closed-book":
+            candidates = [self._title_ids(parts) for parts, _ in plans]
+        gen, reasons = self._decode(
+            prompts, groups, weights if strategy == "replug" else None, len(plans),
+            copy_from=self._copy_from(strategy, contexts), prefix_len=plans[0][0][0].prefix_len,
+            candidates=candidates, scored=scored,
+        )
+        return gen, reasons, scored or [[] for _ in plans]
+
+    def _title_ids(self, parts: list[PromptParts]) -> list[list[int]]:
+        """The token ids of the passages' titles, spelled as an answer after ``Answer:``."""
+        titles = dict.fromkeys(c.title for p in parts for c in p.citations if c.title)
+        return [list(self._tokenizer(" " + t, add_special_tokens=False)["input_ids"]) for t in titles]
+
+    def _text(self, ids: list[int]) -> str:
+        return _first_line(self._tokenizer.decode(ids, skip_special_tokens=True))
+
     def _copy_from(self, strategy: str, contexts: list[list[int]]) -> list[list[int]] | None:
         if self.constrain != "copy" or strategy == "closed-book":
             return None
         return contexts
 
     def _answer(self, question, strategy, parts, passages, gen_ids, reason, latency) -> Answer:
-        text = _first_line(self._tokenizer.decode(gen_ids, skip_special_tokens=True))
+        text = self._text(gen_ids)
         citations = [c for p in parts for c in p.citations]
         dropped = parts[0].dropped if strategy == "in-context" else 0
         return Answer(

@@ -48,6 +48,9 @@ class Answer:
         dropped: how many retrieved passages the token budget left out.
         finish_reason: ``"stop"`` (end of turn or newline) or ``"length"`` (max_new_tokens).
         prompt_format: ``"chat"`` when the model's chat template was used, ``"plain"`` otherwise.
+        candidates: the answers that competed when the reader rescored (its decoded answer
+            and the passages' titles), each ``{"text", "source", "score"}`` with the model's
+            mean log-probability per token as score; empty when nothing was rescored.
     """
 
     text: str
@@ -61,6 +64,7 @@ class Answer:
     finish_reason: str = "stop"
     prompt_format: str = "chat"
     latency_s: float = 0.0
+    candidates: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
