@@ -93,12 +93,14 @@ class TorchExactBackend:
         with torch.inference_mode():
             for s in range(0, len(queries), self.query_batch):
                 q = q_all[s : s + self.query_batch]
-                scores = (q @ db.T).float()
+                # top-k runs on the scores in the storage dtype: converting the whole
+                # (queries x n) matrix to float32 first doubled the search time on a GPU.
+                scores = q @ db.T
                 if sq_norms is not None:
                     # -||q - x||^2 = 2 q.x - ||x||^2 - ||q||^2
-                    scores = 2 * scores - sq_norms[None, :] - (q.float() ** 2).sum(1, keepdim=True)
+                    scores = 2 * scores.float() - sq_norms[None, :] - (q.float() ** 2).sum(1, keepdim=True)
                 top_s, top_i = torch.topk(scores, kk, dim=1)
-                out_s[s : s + len(q), :kk] = top_s.cpu().numpy()
+                out_s[s : s + len(q), :kk] = top_s.float().cpu().numpy()
                 out_i[s : s + len(q), :kk] = db_ids[top_i].cpu().numpy()
         return out_s, out_i
 
