@@ -141,7 +141,7 @@ class KnowledgeBase:
             docstore: a SQLAlchemy URL; default a SQLite file inside the directory.
             chunk_size: tokens per chunk (default: the embedder's limit, at most 256).
             chunk_overlap: tokens shared by consecutive chunks.
-            embedder_backend: ``"torch"``, ``"onnx"`` or ``"onnx-int8"`` for a sentence-transformers model.
+            embedder_backend: ``"torch"``, ``"onnx"``, ``"onnx-int8"``, ``"openvino"`` or ``"openvino-int8"`` for a sentence-transformers model.
         """
         root = Path(path)
         if (root / MANIFEST).exists():

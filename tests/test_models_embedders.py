@@ -1,4 +1,4 @@
-"""Offline model resolution and the real packaged embedder (torch and ONNX int8 backends)."""
+"""Offline model resolution and the real packaged embedder (torch, ONNX and OpenVINO backends)."""
 
 from __future__ import annotations
 
@@ -55,3 +55,35 @@ def test_real_minilm_torch_and_onnx_int8_agree(tmp_path, monkeypatch):
     cos = (a * b).sum(1)
     assert cos.min() > 0.97, cos  # int8 costs a little precision, never the meaning
     assert (tmp_path / "onnx").exists()
+
+
+def test_real_minilm_openvino_backends_agree_and_cache_the_int8_model(tmp_path, monkeypatch):
+    pytest.importorskip("openvino", reason="the openvino backends need `pip install 'rag-lfm[openvino]'`")
+    pytest.importorskip("nncf", reason="openvino-int8 needs nncf (`pip install 'rag-lfm[openvino]'`)")
+    from rag_lfm.embedders import calibration_texts
+
+    monkeypatch.setenv("RAG_LFM_HOME", str(tmp_path))
+    texts = ["Claude Monet was a French Impressionist painter.", "Jupiter is the largest planet.",
+             "Python is a programming language.", "A short one."]
+    ref = SentenceTransformerEmbedder("all-MiniLM-L6-v2", device="cpu").encode(texts)
+    fp32 = SentenceTransformerEmbedder("all-MiniLM-L6-v2", backend="openvino").encode(texts)
+    np.testing.assert_allclose(fp32, ref, atol=2e-4)  # the same graph, another runtime
+    assert len(calibration_texts()) >= 200
+    int8 = SentenceTransformerEmbedder("all-MiniLM-L6-v2", backend="openvino-int8")
+    b = int8.encode(texts)
+    assert b.shape == (4, 384) and b.dtype == np.float32
+    assert (ref * b).sum(1).min() > 0.98
+    xml = next(tmp_path.glob("onnx/*/openvino-int8/model.xml"))
+    stamp = xml.stat().st_mtime_ns
+    again = SentenceTransformerEmbedder("all-MiniLM-L6-v2", backend="openvino-int8").encode(texts)
+    np.testing.assert_array_equal(again, b)  # loaded from the cache, not quantised again
+    assert xml.stat().st_mtime_ns == stamp
+
+
+def test_openvino_missing_is_a_clear_error(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    emb = SentenceTransformerEmbedder("all-MiniLM-L6-v2", backend="openvino-int8")
+    with pytest.raises(ConfigError, match=r"pip install 'rag-lfm\[openvino\]'"):
+        emb.encode(["x"])
