@@ -16,6 +16,7 @@ transformers = pytest.importorskip("transformers")
 
 from rag_lfm.connectors import InMemory
 from rag_lfm.errors import ConfigError, ModelNotFoundError  # noqa: E402
+from rag_lfm.readers.transformers_reader import _holds_span  # noqa: E402
 from rag_lfm.readers import (  # noqa: E402
     STRATEGIES,
     Answer,
@@ -227,11 +228,12 @@ def test_rescored_candidates_match_an_uncached_forward_pass(reader, strategy):
                 continue
             assert cand["text"] in titles
             ids = reader.tokenizer(" " + cand["text"], add_special_tokens=False)["input_ids"]
-            rows = [_full_forward_score(reader, p.ids, ids) for p in parts]
             if weights is None:
-                expected = rows[0]
-            else:
-                expected = float(torch.logsumexp(torch.tensor(rows) + torch.log(weights), 0))
+                expected = _full_forward_score(reader, parts[0].ids, ids)
+            else:  # REPLUG under the copy constraint: the rows whose passage holds the title
+                held = [i for i, p in enumerate(parts) if _holds_span(p.context_ids, ids)] or range(len(parts))
+                rows = torch.tensor([_full_forward_score(reader, parts[i].ids, ids) for i in held])
+                expected = float(torch.logsumexp(rows + torch.log(weights[list(held)]), 0))
             assert cand["score"] == pytest.approx(expected / (len(ids) + 1), abs=1e-4)
 
 

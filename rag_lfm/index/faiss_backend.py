@@ -22,6 +22,10 @@ def _faiss() -> Any:
     return faiss
 
 
+# Multiply-adds (queries x vectors x dim) under which a search runs on one thread.
+SMALL_SEARCH_WORK = 8_000_000
+
+
 def faiss_gpu_count() -> int:
     """GPUs this faiss build can use; 0 for a CPU build, and 0 when faiss is not installed at all
     (so ``backend="auto"`` still picks the torch backend on a GPU machine without faiss)."""
@@ -132,15 +136,27 @@ class FaissBackend:
         elif len(self.masked):
             sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(self.masked))
         index = self._search_index()
-        if sel is None:
-            scores, ids = index.search(queries, k)
-        else:
-            # Selectors run on the CPU index: the GPU indexes accept only a subset of them.
-            if self.ivf is not None:
-                params = faiss.SearchParametersIVF(sel=sel, nprobe=self.ivf.nprobe)
+        # A small search (one query on a small index) runs faster on one thread: OpenMP's
+        # start-up costs more than it saves, and its threads spin afterwards, taking the
+        # cores from the embedder of the next query (measured on 2 cores: -0.4 ms at 10k
+        # vectors). omp_set_num_threads applies to the calling thread only.
+        small = not self.use_gpu and len(queries) * self.index.ntotal * self.dim <= SMALL_SEARCH_WORK
+        threads = faiss.omp_get_max_threads()
+        if small:
+            faiss.omp_set_num_threads(1)
+        try:
+            if sel is None:
+                scores, ids = index.search(queries, k)
             else:
-                params = faiss.SearchParameters(sel=sel)
-            scores, ids = self.index.search(queries, k, params=params)
+                # Selectors run on the CPU index: the GPU indexes accept only a subset of them.
+                if self.ivf is not None:
+                    params = faiss.SearchParametersIVF(sel=sel, nprobe=self.ivf.nprobe)
+                else:
+                    params = faiss.SearchParameters(sel=sel)
+                scores, ids = self.index.search(queries, k, params=params)
+        finally:
+            if small:
+                faiss.omp_set_num_threads(threads)
         if self.metric == "l2":
             scores = -scores
         scores[ids < 0] = -np.inf

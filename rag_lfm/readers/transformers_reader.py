@@ -71,6 +71,13 @@ def _crop(cache: Any, length: int) -> None:
         cache.crop(-extra)
 
 
+def _holds_span(tokens: list[int], span: list[int]) -> bool:
+    """Whether ``span`` occurs contiguously in ``tokens``."""
+    n = len(span)
+    first = span[0] if span else None
+    return any(tokens[i : i + n] == span for i, t in enumerate(tokens) if t == first)
+
+
 class _CopyConstraint:
     """Keeps an answer a contiguous span of one token sequence (the passages).
 
@@ -454,12 +461,14 @@ class TransformersReader:
                 logits, cache = self._forward(tok_r[:, None], mask, next_pos, cache)
                 next_pos = next_pos + 1
             if candidates is not None:
-                found = self._rescore(cache, prompt_state, group_idx, w, out, reasons, candidates)
+                found = self._rescore(cache, prompt_state, group_idx, w, out, reasons, candidates, copy_from)
                 if scored is not None:
                     scored.extend(found)
             return out, reasons
 
-    def _rescore(self, cache, prompt_state, group_idx, w, out, reasons, candidates) -> list[list[dict[str, Any]]]:
+    def _rescore(
+        self, cache, prompt_state, group_idx, w, out, reasons, candidates, contexts=None
+    ) -> list[list[dict[str, Any]]]:
         """Replace each group's decoded answer, in place, by its best-scored candidate.
 
         Returns, per group, the candidates with their scores (``Answer.candidates``).
@@ -468,7 +477,11 @@ class TransformersReader:
         scored by the frozen model as an answer to the same prompt: the mean log-probability
         of its tokens and of ending there (the probability mass of every stop token), so a
         long name is not penalised for its length. Under REPLUG a candidate's probability
-        is the weighted mixture over the group's rows, as for decoding. Greedy decoding
+        is the weighted mixture over the group's rows, as for decoding; with the copy
+        constraint (``contexts``) a row can only answer with a span of its own passage, so
+        a candidate is scored on the rows whose passage holds it (on all rows when none
+        does), which also keeps the cost near in-context's (k rows x k titles otherwise).
+        Greedy decoding
         commits to its first token; scoring whole answers lets a name whose first token
         was less likely than a description's ("Museo del Prado" against "Spanish national
         art museum") win when the model finds it the better answer as a whole.
@@ -494,7 +507,18 @@ class TransformersReader:
             options.append(opts)
             kinds.append(kind)
         groups = group_idx.tolist()
-        pairs = [(r, c) for r, g in enumerate(groups) for c in range(len(options[g]))]
+        rows_of: dict[int, list[int]] = {}
+        for r, g in enumerate(groups):
+            rows_of.setdefault(g, []).append(r)
+        pairs = []
+        for g, opts in enumerate(options):
+            if len(opts) < 2:
+                continue  # nothing to choose between
+            for c, t in enumerate(opts):
+                rows_gc = rows_of.get(g, [])
+                if w is not None and contexts is not None:
+                    rows_gc = [r for r in rows_gc if _holds_span(contexts[r], t)] or rows_gc
+                pairs.extend((r, c) for r in rows_gc)
         found: list[list[dict[str, Any]]] = [[] for _ in options]
         if all(len(o) < 2 for o in options) or not pairs:
             return found
