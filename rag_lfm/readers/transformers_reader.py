@@ -481,10 +481,9 @@ class TransformersReader:
         constraint (``contexts``) a row can only answer with a span of its own passage, so
         a candidate is scored on the rows whose passage holds it (on all rows when none
         does), which also keeps the cost near in-context's (k rows x k titles otherwise).
-        Greedy decoding
-        commits to its first token; scoring whole answers lets a name whose first token
-        was less likely than a description's ("Museo del Prado" against "Spanish national
-        art museum") win when the model finds it the better answer as a whole.
+        Greedy decoding commits to its first token; scoring whole answers lets a name whose
+        first token was less likely than a description's ("Museo del Prado" against
+        "Spanish national art museum") win when the model finds it the better answer as a whole.
 
         The prompt's key/value cache is reused (cropped back to the prompt), so only the
         candidates' tokens are computed.
