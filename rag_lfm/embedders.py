@@ -117,7 +117,7 @@ class SentenceTransformerEmbedder:
         self.show_progress = show_progress
         self.calls = 0  # number of texts encoded: lets tests and reports prove what was (not) re-embedded
         self._st: Any = None
-        self._onnx: Any = None
+        self._run: Any = None  # feeds -> embeddings, for the exported backends
         self._path: Path | str | None = None
 
     # -- loading -------------------------------------------------------------------------
@@ -214,7 +214,7 @@ class SentenceTransformerEmbedder:
 
     def _runner(self) -> Any:
         """A function ``feeds -> pooled embeddings`` for the exported backends (built once)."""
-        if self._onnx is None:
+        if self._run is None:
             threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
             if self.backend.startswith("openvino"):
                 ov = _import_openvino(self.backend)
@@ -222,7 +222,7 @@ class SentenceTransformerEmbedder:
                     self._openvino_model(), "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
                 )
                 request, output = compiled.create_infer_request(), compiled.output(0)
-                self._onnx = lambda feeds: request.infer(feeds)[output]
+                self._run = lambda feeds: request.infer(feeds)[output]
             else:
                 import onnxruntime as ort
 
@@ -230,8 +230,8 @@ class SentenceTransformerEmbedder:
                 opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
                 opts.intra_op_num_threads = threads
                 session = ort.InferenceSession(str(self._onnx_file()), opts, providers=["CPUExecutionProvider"])
-                self._onnx = lambda feeds: session.run(None, feeds)[0]
-        return self._onnx
+                self._run = lambda feeds: session.run(None, feeds)[0]
+        return self._run
 
     def _openvino_model(self) -> Any:
         """The OpenVINO model: the ONNX export as is, or quantised to int8 by NNCF once and cached."""
