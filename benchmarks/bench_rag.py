@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--size", choices=sorted(SIZES), default="L", help="S=50, M=150, L=300 questions")
     ap.add_argument("--n", type=int, default=None, help="questions (overrides --size)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--split", default="test", choices=["test", "dev"])
+    ap.add_argument("--split", default="test", choices=["test", "dev", "train"])
     ap.add_argument("--query", default="description", choices=["description", "question"],
                     help="retrieval query: the description alone, or the full question")
     ap.add_argument("--retriever", default="dense", choices=["dense", "hybrid"],

@@ -62,14 +62,16 @@ def test_builtin_task_is_fixed_held_out_and_well_formed():
     assert len(test) == 300 and test == wiki_vital_task(300, seed=0)  # fixed seed: same sample
     assert test != wiki_vital_task(300, seed=1)
     dev_titles = {e.id for e in wiki_vital_task(10**6, split="dev")}
+    train_titles = {e.id for e in wiki_vital_task(10**6, split="train")}
     assert dev_titles and not dev_titles & {e.id for e in test}  # held out from the tuning split
+    assert train_titles and not train_titles & {e.id for e in test} and not train_titles & dev_titles
     for e in test:
         assert e.question.startswith("Which article/entity is described as: ") and e.answers[0] == e.id
         assert normalize_answer(e.id) not in normalize_answer(e.question)
     by_desc = wiki_vital_task(5, query="description")
     assert all(e.query != e.question and e.query in e.question for e in by_desc)
     with pytest.raises(ConfigError, match="split"):
-        wiki_vital_task(5, split="train")
+        wiki_vital_task(5, split="validation")
 
 
 

@@ -10,9 +10,10 @@ the retrieval query when it should differ from the question shown to the reader.
 Built-in task (:func:`wiki_vital_task`): "Which article/entity is described as:
 <description>?" over the wiki-vital corpus, gold answer = the article title. It keeps
 descriptions of >= 3 words that are unique in the corpus (so one article fits) and do
-not contain the title, and it splits articles by a hash of the title into ``dev``
-(20%, for tuning prompts) and ``test`` (80%, held out); a sample is drawn from one
-split with a fixed seed.
+not contain the title, and it splits articles by a hash of the title
+(:mod:`rag_lfm.eval.splits`) into ``train`` (40%, for anything trained), ``dev`` (20%, for
+tuning prompts and settings) and ``test`` (40%, held out); a sample is drawn from one split
+with a fixed seed.
 
 Example:
     >>> exact_match("The Eiffel Tower.", ["Eiffel tower"]), round(token_f1("Claude Monet", ["Monet"]), 2)
@@ -21,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import re
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from rag_lfm.errors import ConfigError
+from rag_lfm.eval.splits import check_split, document_split
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCT = set(string.punctuation)
@@ -115,9 +116,6 @@ def load_qa_jsonl(path: str | Path) -> list[QAExample]:
     return out
 
 
-def _split_of(title: str) -> str:
-    bucket = int.from_bytes(hashlib.blake2b(title.encode("utf-8"), digest_size=4).digest(), "big") % 5
-    return "dev" if bucket == 0 else "test"
 
 
 QUESTION_TEMPLATE = "Which article/entity is described as: {description}?"
@@ -136,7 +134,8 @@ def wiki_vital_task(
     Args:
         n: questions to draw (all of the split when larger).
         seed: the sample's seed (fixed by default, so every run scores the same questions).
-        split: ``"test"`` (held out) or ``"dev"`` (for tuning prompts and settings).
+        split: ``"test"`` (held out), ``"dev"`` (for tuning prompts and settings) or ``"train"``
+            (for anything trained): documents split by :func:`rag_lfm.eval.splits.document_split`.
         query: the retrieval query: ``"question"`` (the full question) or ``"description"``.
         entries: the raw ``{title, extract, description}`` entries to draw from (default: all of
             :func:`~rag_lfm.connectors.wiki.load_wiki_vital`; e.g. a JSONL export where the package is absent).
@@ -144,8 +143,7 @@ def wiki_vital_task(
     Gold answers are the title and, for a title with a parenthetical qualifier
     ("Mercury (planet)"), the title without it.
     """
-    if split not in ("dev", "test"):
-        raise ConfigError(f"split {split!r} is not valid; use 'dev' or 'test'")
+    check_split(split)
     if query not in ("question", "description"):
         raise ConfigError(f"query {query!r} is not valid; use 'question' or 'description'")
     if entries is None:
@@ -158,7 +156,7 @@ def wiki_vital_task(
         title, desc = (e.get("title") or "").strip(), (e.get("description") or "").strip()
         if not title or len(desc.split()) < 3 or counts[normalize_answer(desc)] != 1:
             continue
-        if normalize_answer(title) in normalize_answer(desc) or _split_of(title) != split:
+        if normalize_answer(title) in normalize_answer(desc) or document_split(title) != split:
             continue
         golds = [title]
         bare = re.sub(r"\s*\([^)]*\)\s*$", "", title).strip()

@@ -98,7 +98,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         builtin: Annotated[Optional[str], typer.Option(help="A built-in task: 'wiki-vital'.")] = None,
         n: Annotated[int, typer.Option(help="Built-in task: questions to sample.")] = 300,
         seed: Annotated[int, typer.Option(help="Built-in task: sample seed.")] = 0,
-        split: Annotated[str, typer.Option(help="Built-in task: 'test' (held out) or 'dev'.")] = "test",
+        split: Annotated[str, typer.Option(help="Built-in task: 'test' (held out), 'dev' (tuning) or 'train'.")] = "test",
         strategy: Annotated[str, typer.Option("--strategy", "-s", help=STRATEGY_HELP)] = "in-context",
         k: Annotated[int, typer.Option("--k", "-k", help="Passages to retrieve.")] = 3,
         model: Annotated[str, typer.Option(help="Reader model.")] = "SmolLM2-135M-Instruct",
