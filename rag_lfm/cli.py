@@ -45,7 +45,7 @@ def ingest(
     index: Annotated[Optional[str], typer.Option("--index", "-i", help="Index directory (default: the spec's [index].path).")] = None,
     embedder: Annotated[Optional[str], typer.Option(help="Embedder for a new index (default all-MiniLM-L6-v2).")] = None,
     index_type: Annotated[Optional[str], typer.Option("--index-type", help="'auto' or a FAISS factory string, for a new index.")] = None,
-    embedder_backend: Annotated[Optional[str], typer.Option(help="torch, onnx, onnx-int8, openvino or openvino-int8, for a new index.")] = None,
+    embedder_backend: Annotated[Optional[str], typer.Option(help="auto (default: the fastest measured on this machine), torch, onnx, onnx-int8, openvino or openvino-int8, for a new index.")] = None,
     chunk_size: Annotated[Optional[int], typer.Option(help="Tokens per chunk, for a new index.")] = None,
     glob: Annotated[Optional[str], typer.Option(help="For a folder: which files (e.g. '**/*.md').")] = None,
     text_field: Annotated[Optional[str], typer.Option(help="For JSON/JSONL/CSV files: the text field.")] = None,

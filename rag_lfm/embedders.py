@@ -13,6 +13,12 @@ Backends (the ``backend`` argument), all for the same sentence-transformers mode
   model. It is the fastest CPU path measured here and closer to the torch embeddings than
   onnx-int8 (mean cosine ~0.997); see benchmarks/RESULTS.md.
 
+* ``"auto"`` (the default for new indexes): the fastest of the installed CPU backends
+  (torch, onnx-int8, openvino-int8) on this machine whose embeddings keep the model's own
+  retrieval quality, measured once per machine and model (:func:`choose_backend`); torch on
+  a GPU. No fixed order serves every CPU: with AVX-512 VNNI openvino-int8 was fastest, on an
+  AVX2-only EPYC onnx-int8 (benchmarks/RESULTS.md).
+
 Exports and quantised models are cached under ``rag_lfm.models.cache_dir()/onnx``.
 
 Texts are encoded longest-first in batches, so a batch holds texts of similar length
@@ -27,9 +33,13 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
+import platform
 import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -40,6 +50,16 @@ from rag_lfm.models import cache_dir, canonical_name, resolve_model
 
 Kind = Literal["query", "document"]
 BACKENDS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8")
+# What ``backend="auto"`` chooses among on a CPU. The fp32 exports are left out: each was
+# measured slower than its int8 sibling at no gain the quality gate can see.
+AUTO_CANDIDATES = ("torch", "onnx-int8", "openvino-int8")
+# The quality gate of ``auto``: a backend qualifies when its recall@10 on the calibration probe
+# is within 0.5 point of the torch model's and its embeddings keep a mean cosine >= 0.995 to
+# the torch ones. The cosine bar comes from benchmarks/RESULTS.md: dynamic int8 (mean cosine
+# 0.9952) lost 0.6-0.7 point of R@10 on the wiki task, static int8 (0.9975) lost none.
+AUTO_MAX_RECALL_LOSS = 0.005
+AUTO_MIN_COSINE = 0.995
+log = logging.getLogger("rag_lfm")
 
 
 @runtime_checkable
@@ -85,8 +105,8 @@ class SentenceTransformerEmbedder:
 
     Args:
         model: a known short name (see ``rag_lfm.models.KNOWN_MODELS``) or a local folder.
-        backend: ``"torch"``, ``"onnx"``, ``"onnx-int8"``, ``"openvino"`` or ``"openvino-int8"``
-            (see the module docstring).
+        backend: ``"auto"``, ``"torch"``, ``"onnx"``, ``"onnx-int8"``, ``"openvino"`` or
+            ``"openvino-int8"`` (see the module docstring); ``"auto"`` is resolved on first use.
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``; torch backend only.
         batch_size: texts per forward pass; default 16 on a CPU (small batches of length-sorted
             texts measured 10-20% faster there than 64) and 128 on a GPU.
@@ -104,13 +124,14 @@ class SentenceTransformerEmbedder:
         normalize: bool = True,
         show_progress: bool = False,
     ) -> None:
-        if backend not in BACKENDS:
-            raise ConfigError(f"embedder backend {backend!r} is not one of {', '.join(BACKENDS)}")
+        if backend != "auto" and backend not in BACKENDS:
+            raise ConfigError(f"embedder backend {backend!r} is not one of auto, {', '.join(BACKENDS)}")
         if batch_size is not None and batch_size < 1:
             raise ConfigError(f"batch_size={batch_size!r} must be >= 1")
         self.model_ref = model
         self.name = canonical_name(model)
-        self.backend = backend
+        self._backend = backend
+        self._backend_spec = backend
         self.device = device
         self.batch_size = batch_size
         self.normalize = normalize
@@ -121,6 +142,18 @@ class SentenceTransformerEmbedder:
         self._path: Path | str | None = None
 
     # -- loading -------------------------------------------------------------------------
+    @property
+    def backend(self) -> str:
+        """The backend in use; ``"auto"`` is resolved (and measured once per machine) on first access."""
+        if self._backend == "auto":
+            self._backend = choose_backend(self.model_ref, device=self.device)
+        return self._backend
+
+    @property
+    def backend_spec(self) -> str:
+        """The backend as asked for, without resolving ``"auto"``."""
+        return self._backend_spec
+
     @property
     def path(self) -> Path | str:
         if self._path is None:
@@ -218,9 +251,13 @@ class SentenceTransformerEmbedder:
             threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
             if self.backend.startswith("openvino"):
                 ov = _import_openvino(self.backend)
-                compiled = ov.Core().compile_model(
-                    self._openvino_model(), "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
-                )
+                config: dict[str, Any] = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+                if self.backend == "openvino":
+                    # OpenVINO runs float graphs in bfloat16 on CPUs with native bf16 (AVX-512 BF16, AMX);
+                    # the "openvino" backend promises the model's own float32 results. openvino-int8 keeps
+                    # the runtime's choice: its quality is measured as it runs (mean cosine 0.9975 either way).
+                    config["INFERENCE_PRECISION_HINT"] = "f32"
+                compiled = ov.Core().compile_model(self._openvino_model(), "CPU", config)
                 request, output = compiled.create_infer_request(), compiled.output(0)
                 self._run = lambda feeds: request.infer(feeds)[output]
             else:
@@ -271,9 +308,7 @@ class SentenceTransformerEmbedder:
     def _onnx_file(self, backend: str | None = None) -> Path:
         """Export the model (transformer + pooling) to ONNX once; quantise for onnx-int8."""
         backend = backend or self.backend
-        src = Path(str(self.path))
-        key = hashlib.sha256(str(src.resolve()).encode()).hexdigest()[:16]
-        folder = cache_dir() / "onnx" / f"{src.name}-{key}"
+        folder = model_cache_folder(self.path)
         fp32, int8 = folder / "model.onnx", folder / "model_int8.onnx"
         target = int8 if backend == "onnx-int8" else fp32
         if target.exists():
@@ -291,6 +326,152 @@ class SentenceTransformerEmbedder:
                 quantize_dynamic(fp32, tmp_file, per_channel=True, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
                 os.replace(tmp_file, int8)
         return target
+
+
+def model_cache_folder(model_path: Path | str) -> Path:
+    """Where a model's exports, quantised copies and backend measurements are cached."""
+    src = Path(str(model_path))
+    key = hashlib.sha256(str(src.resolve()).encode()).hexdigest()[:16]
+    return cache_dir() / "onnx" / f"{src.name}-{key}"
+
+
+def machine_fingerprint() -> str:
+    """What a backend's speed depends on: CPU model and vector extensions, cores, runtime versions."""
+    from importlib import metadata
+
+    cpu = platform.processor()
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name") and not cpu:
+                cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "fma")
+                flags = ",".join(f for f in line.split(":", 1)[1].split() if f in wanted)
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    versions = []
+    for pkg in ("torch", "onnxruntime", "openvino", "nncf"):
+        try:
+            versions.append(f"{pkg}={metadata.version(pkg)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{pkg}=-")
+    text = "|".join([platform.machine(), cpu, flags, str(cores), *versions])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _probe(texts: list[str]) -> tuple[list[str], list[str]]:
+    """A small retrieval probe from the calibration texts: each text's first sentence is the query
+    for the rest of that text (texts of a single sentence are left out)."""
+    queries, docs = [], []
+    for t in texts:
+        parts = re.split(r"(?<=[.!?])\s+", t.strip(), maxsplit=1)
+        if len(parts) == 2 and len(parts[1].split()) >= 8:
+            queries.append(parts[0])
+            docs.append(parts[1])
+    return queries, docs
+
+
+def calibrate_backends(
+    model: str = "all-MiniLM-L6-v2", *, candidates: tuple[str, ...] | None = None, rounds: int = 2, progress: bool = True
+) -> dict[str, Any]:
+    """Measure each installed candidate backend on the shipped calibration texts and pick one.
+
+    Speed: texts/s encoding the 240 calibration paragraphs (batch 16, best of ``rounds``
+    interleaved rounds, after a warm-up). Quality: recall@10 on a probe (each paragraph's
+    first sentence retrieves the rest of it among all of them) and mean cosine to the torch
+    embeddings. The choice is the fastest backend passing the quality gate
+    (``AUTO_MAX_RECALL_LOSS``, ``AUTO_MIN_COSINE``); torch always passes (it is the reference).
+
+    Returns the measurements and the ``"choice"`` (what :func:`choose_backend` caches).
+    """
+    texts = calibration_texts()
+    queries, docs = _probe(texts)
+    embedders: dict[str, SentenceTransformerEmbedder] = {}
+    skipped: dict[str, str] = {}
+    from tqdm.auto import tqdm
+
+    for name in tqdm(candidates or AUTO_CANDIDATES, desc="embedder backends: preparing", disable=not progress, unit="backend"):
+        if not backend_installed(name):
+            skipped[name] = "not installed"
+            continue
+        emb = SentenceTransformerEmbedder(model, backend=name, device="cpu")
+        try:
+            emb.warm_up()  # export / quantise once (cached), outside the timed runs
+            emb.encode(texts[:32])
+        except (ConfigError, ImportError, OSError, RuntimeError) as exc:
+            skipped[name] = f"{type(exc).__name__}: {str(exc)[:200]}"
+            continue
+        embedders[name] = emb
+    if "torch" not in embedders:
+        raise ConfigError(f"the torch backend of {model!r} could not run ({skipped.get('torch')}); it is the reference for 'auto'")
+    best: dict[str, float] = {name: float("inf") for name in embedders}
+    vectors: dict[str, np.ndarray] = {}
+    for _ in tqdm(range(rounds), desc="embedder backends: timing", disable=not progress, unit="round"):
+        for name, emb in embedders.items():  # interleaved, so a load spike hits every backend alike
+            t0 = time.perf_counter()
+            vectors[name] = emb.encode(texts, batch_size=16)
+            best[name] = min(best[name], time.perf_counter() - t0)
+    ref = vectors["torch"]
+    results: dict[str, dict[str, Any]] = {}
+    for name, emb in embedders.items():
+        q, d = emb.encode(queries, kind="query"), emb.encode(docs)
+        top = np.argsort(-(q @ d.T), axis=1)[:, :10]
+        recall = float(np.mean([i in row for i, row in enumerate(top)]))
+        results[name] = {
+            "texts_per_s": round(len(texts) / best[name], 2),
+            "probe_recall_at_10": round(recall, 4),
+            "mean_cosine_to_torch": round(float((vectors[name] * ref).sum(1).mean()), 5),
+        }
+    ref_recall = results["torch"]["probe_recall_at_10"]
+    for r in results.values():
+        r["qualifies"] = bool(
+            r["probe_recall_at_10"] >= ref_recall - AUTO_MAX_RECALL_LOSS and r["mean_cosine_to_torch"] >= AUTO_MIN_COSINE
+        )
+    choice = max((n for n, r in results.items() if r["qualifies"]), key=lambda n: results[n]["texts_per_s"])
+    return {
+        "model": model, "choice": choice, "results": results, "skipped": skipped,
+        "n_texts": len(texts), "n_probe_queries": len(queries), "machine": machine_fingerprint(),
+        "measured_at": time.time(), "gate": {"max_recall_loss": AUTO_MAX_RECALL_LOSS, "min_cosine": AUTO_MIN_COSINE},
+    }
+
+
+def choose_backend(model: str = "all-MiniLM-L6-v2", *, device: str = "auto", refresh: bool = False, progress: bool = True) -> str:
+    """The backend ``"auto"`` means for ``model`` on this machine.
+
+    On a GPU: torch. On a CPU: :func:`calibrate_backends` runs once per machine and model
+    (about half a minute, most of it the one-off export and int8 quantisation that the chosen
+    backend needs anyway) and its result is cached beside the model's exports
+    (``backend-choice-<machine>.json``); later calls read the cache. The choice is logged in one line.
+
+    Example:
+        >>> choose_backend("all-MiniLM-L6-v2")        # doctest: +SKIP
+        'openvino-int8'
+    """
+    dev = auto_device() if device == "auto" else device
+    if str(dev).startswith("cuda"):
+        return "torch"
+    from rag_lfm.atomic import write_json
+
+    folder = model_cache_folder(resolve_model(model))
+    record = folder / f"backend-choice-{machine_fingerprint()}.json"
+    if record.exists() and not refresh:
+        try:
+            data = json.loads(record.read_text(encoding="utf-8"))
+            if data.get("choice") in BACKENDS:
+                return str(data["choice"])
+        except (OSError, ValueError):
+            pass  # a damaged record is measured again and rewritten
+    data = calibrate_backends(model, progress=progress)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(record, data)
+    speeds = ", ".join(f"{n} {r['texts_per_s']:.0f}/s{'' if r['qualifies'] else ' (fails quality gate)'}" for n, r in data["results"].items())
+    log.warning("rag-lfm: embedder backend 'auto' -> %s for %s on this machine (%s); measured once, cached in %s",
+                data["choice"], model, speeds, record)
+    return str(data["choice"])
 
 
 def calibration_texts() -> list[str]:
@@ -415,16 +596,33 @@ def embedder_config(embedder: Any) -> dict[str, Any]:
         "dim": int(embedder.dim),
         "normalize": bool(embedder.normalize),
         "backend": getattr(embedder, "backend", None),
+        # "auto" when the backend was chosen by measurement: reopened elsewhere without that
+        # backend installed, the index measures again instead of failing.
+        "backend_spec": getattr(embedder, "backend_spec", None),
         "type": "hash" if isinstance(embedder, HashEmbedder) else "sentence-transformers",
     }
+
+
+def backend_installed(backend: str) -> bool:
+    """Whether the packages a backend needs are importable (without importing them)."""
+    import importlib.util
+
+    needs = {"torch": ["torch"], "onnx": ["onnxruntime"], "onnx-int8": ["onnxruntime"],
+             "openvino": ["openvino"], "openvino-int8": ["openvino", "nncf"]}.get(backend, [])
+    return bool(needs) and all(importlib.util.find_spec(m) is not None for m in needs)
 
 
 def embedder_from_config(cfg: dict[str, Any], *, device: str = "auto", backend: str | None = None) -> Any:
     """Rebuild the embedder an index was built with (the inverse of :func:`embedder_config`)."""
     if cfg.get("type") == "hash":
         return HashEmbedder(int(cfg["dim"]), normalize=bool(cfg["normalize"]))
+    recorded = cfg.get("backend") or "torch"
+    if backend is None and cfg.get("backend_spec") == "auto" and (
+        not backend_installed(recorded) or (recorded != "torch" and auto_device() != "cpu" and device != "cpu")
+    ):
+        backend = "auto"  # chosen by measurement where it was built; measure again here
     return SentenceTransformerEmbedder(
-        cfg["name"], backend=backend or cfg.get("backend") or "torch", device=device, normalize=bool(cfg["normalize"])
+        cfg["name"], backend=backend or recorded, device=device, normalize=bool(cfg["normalize"])
     )
 
 

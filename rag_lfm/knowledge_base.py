@@ -128,7 +128,7 @@ class KnowledgeBase:
         chunk_size: int | None = None,
         chunk_overlap: int = 40,
         device: str = "auto",
-        embedder_backend: str = "torch",
+        embedder_backend: str = "auto",
     ) -> KnowledgeBase:
         """Create an empty index directory at ``path``.
 
@@ -141,7 +141,9 @@ class KnowledgeBase:
             docstore: a SQLAlchemy URL; default a SQLite file inside the directory.
             chunk_size: tokens per chunk (default: the embedder's limit, at most 256).
             chunk_overlap: tokens shared by consecutive chunks.
-            embedder_backend: ``"torch"``, ``"onnx"``, ``"onnx-int8"``, ``"openvino"`` or ``"openvino-int8"`` for a sentence-transformers model.
+            embedder_backend: ``"auto"`` (the fastest backend on this machine that keeps the model's
+                retrieval quality, measured once per machine: see :func:`rag_lfm.embedders.choose_backend`),
+                ``"torch"``, ``"onnx"``, ``"onnx-int8"``, ``"openvino"`` or ``"openvino-int8"``.
         """
         root = Path(path)
         if (root / MANIFEST).exists():

@@ -9,11 +9,11 @@ from rag_lfm import KnowledgeBase, WikiVital
 
 
 def test_wiki_slice_end_to_end_with_minilm(tmp_path):
-    kb = KnowledgeBase.create(tmp_path / "wiki", embedder="all-MiniLM-L6-v2")
+    kb = KnowledgeBase.create(tmp_path / "wiki", embedder="all-MiniLM-L6-v2", embedder_backend="torch")
     report = kb.ingest(WikiVital(limit=200), progress=False)
     assert report.added == 200 and not report.failed
     info = kb.info()
-    assert info["embedder"] == {"name": "all-MiniLM-L6-v2", "dim": 384, "normalize": True, "backend": "torch", "type": "sentence-transformers"}
+    assert info["embedder"] == {"name": "all-MiniLM-L6-v2", "dim": 384, "normalize": True, "backend": "torch", "backend_spec": "torch", "type": "sentence-transformers"}
     assert info["index"]["factory"] == "IDMap2,Flat" and info["fields"] == {"description": "str", "title": "str", "topic": "str"}
     entries = [d for d in WikiVital(limit=200).iter_documents()]
     # descriptions find their own article far above chance (R@10 over 200 docs)

@@ -41,8 +41,17 @@ def test_bad_embedder_arguments():
         HashEmbedder().encode("one string")  # type: ignore[arg-type]
 
 
-def test_real_minilm_torch_and_onnx_int8_agree(tmp_path, monkeypatch):
-    monkeypatch.setenv("RAG_LFM_HOME", str(tmp_path))  # a fresh ONNX export, in the test's own folder
+@pytest.fixture(scope="module")
+def fresh_home(tmp_path_factory):
+    """One empty model cache for this module: exports and quantisations happen once, here, not in ~/.cache."""
+    home = tmp_path_factory.mktemp("rag-lfm-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAG_LFM_HOME", str(home))
+        yield home
+
+
+def test_real_minilm_torch_and_onnx_int8_agree(fresh_home):
+    tmp_path = fresh_home
     texts = ["Claude Monet was a French Impressionist painter.", "Jupiter is the largest planet.", "Python is a programming language."]
     torch_emb = SentenceTransformerEmbedder("all-MiniLM-L6-v2", device="cpu")
     a = torch_emb.encode(texts)
@@ -57,12 +66,12 @@ def test_real_minilm_torch_and_onnx_int8_agree(tmp_path, monkeypatch):
     assert (tmp_path / "onnx").exists()
 
 
-def test_real_minilm_openvino_backends_agree_and_cache_the_int8_model(tmp_path, monkeypatch):
+def test_real_minilm_openvino_backends_agree_and_cache_the_int8_model(fresh_home):
     pytest.importorskip("openvino", reason="the openvino backends need `pip install 'rag-lfm[openvino]'`")
     pytest.importorskip("nncf", reason="openvino-int8 needs nncf (`pip install 'rag-lfm[openvino]'`)")
     from rag_lfm.embedders import calibration_texts
 
-    monkeypatch.setenv("RAG_LFM_HOME", str(tmp_path))
+    tmp_path = fresh_home
     texts = ["Claude Monet was a French Impressionist painter.", "Jupiter is the largest planet.",
              "Python is a programming language.", "A short one."]
     ref = SentenceTransformerEmbedder("all-MiniLM-L6-v2", device="cpu").encode(texts)
@@ -87,3 +96,39 @@ def test_openvino_missing_is_a_clear_error(monkeypatch):
     emb = SentenceTransformerEmbedder("all-MiniLM-L6-v2", backend="openvino-int8")
     with pytest.raises(ConfigError, match=r"pip install 'rag-lfm\[openvino\]'"):
         emb.encode(["x"])
+
+
+def test_auto_backend_is_measured_once_per_machine_and_recorded(fresh_home, tmp_path, monkeypatch, caplog):
+    """``auto`` picks the fastest backend passing the quality gate, caches the measurement, logs it in one
+    line, records the resolved backend in the manifest, and re-chooses where the recorded one is missing."""
+    import json
+
+    from rag_lfm import KnowledgeBase
+    from rag_lfm import embedders as E
+
+    caplog.set_level("WARNING", logger="rag_lfm")
+    choice = E.choose_backend("all-MiniLM-L6-v2", device="cpu", progress=False)
+    records = list(fresh_home.glob("onnx/*/backend-choice-*.json"))
+    assert len(records) == 1
+    data = json.loads(records[0].read_text())
+    res = data["results"]
+    assert data["choice"] == choice and "torch" in res and res["torch"]["qualifies"]
+    qualified = {n: r for n, r in res.items() if r["qualifies"]}
+    assert choice == max(qualified, key=lambda n: qualified[n]["texts_per_s"])  # the fastest that qualifies
+    for r in qualified.values():
+        assert r["mean_cosine_to_torch"] >= E.AUTO_MIN_COSINE
+        assert r["probe_recall_at_10"] >= res["torch"]["probe_recall_at_10"] - E.AUTO_MAX_RECALL_LOSS
+    assert sum("embedder backend 'auto' ->" in m for m in caplog.messages) == 1
+    stamp = records[0].stat().st_mtime_ns
+    assert E.choose_backend("all-MiniLM-L6-v2", device="cpu", progress=False) == choice
+    assert records[0].stat().st_mtime_ns == stamp  # read from the cache, not measured again
+
+    kb = KnowledgeBase.create(tmp_path / "kb", embedder="all-MiniLM-L6-v2", device="cpu")  # default: auto
+    assert kb.manifest["embedder"]["backend"] == choice and kb.manifest["embedder"]["backend_spec"] == "auto"
+    assert KnowledgeBase.open(tmp_path / "kb", device="cpu").embedder.backend == choice  # stable on reopen
+    # Reopened where the recorded backend is not installed: measured again among what is.
+    monkeypatch.setattr(E, "backend_installed", lambda b: b == "torch")
+    monkeypatch.setattr(E, "AUTO_CANDIDATES", ("torch",))
+    monkeypatch.setattr(E, "machine_fingerprint", lambda: "another-machine")
+    if choice != "torch":
+        assert KnowledgeBase.open(tmp_path / "kb", device="cpu").embedder.backend == "torch"
