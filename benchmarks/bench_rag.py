@@ -10,6 +10,14 @@ The index must hold all 10,033 documents (`python -m rag_lfm.demo` builds indexe
 
     python benchmarks/bench_rag.py --size L            # 300 questions
     python benchmarks/bench_rag.py --n 50 --json       # last stdout line: one JSON object
+
+Other QA sets and settings (how the defaults of issue 9 were chosen, on dev):
+
+    python benchmarks/bench_rag.py --qa wiki,benchmarks/data/general_dev.jsonl --split dev --query question \
+        --retriever hybrid-lead --strategies in-context:1:titles,in-context:1:none,replug:3:none --json
+
+A strategy is ``name[:k[:candidates]]`` (candidates: titles, none; default: the reader's default).
+``--retriever default`` is what ``ask`` uses without options (the index's recorded retriever).
 """
 
 from __future__ import annotations
@@ -36,8 +44,11 @@ def main() -> None:
     ap.add_argument("--split", default="test", choices=["test", "dev", "train"])
     ap.add_argument("--query", default="description", choices=["description", "question"],
                     help="retrieval query: the description alone, or the full question")
-    ap.add_argument("--retriever", default="dense", choices=["dense", "hybrid"],
-                    help="dense: kb.search (MiniLM); hybrid: rag_lfm.retrieval.Retriever(method='hybrid'), BM25 + dense RRF")
+    ap.add_argument("--qa", default="wiki",
+                    help="comma list of QA sets: 'wiki' (the built-in task, --split/--n/--seed) or JSONL files")
+    ap.add_argument("--retriever", default="dense",
+                    help="dense (MiniLM only), default (the index's own retriever, what ask uses), or a method of "
+                         "`rag-lfm eval retrieval` (hybrid, hybrid-weighted, hybrid-lead, ...)")
     ap.add_argument("--strategies", default=DEFAULT_STRATEGIES, help="comma list of strategy[:k]")
     ap.add_argument("--model", default="SmolLM2-135M-Instruct")
     ap.add_argument("--max-passage-tokens", type=int, default=64)
@@ -54,41 +65,65 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from rag_lfm.eval.qa import evaluate_qa, wiki_vital_task
+    from rag_lfm.eval.qa import evaluate_qa, load_qa_jsonl, wiki_vital_task
     from rag_lfm.knowledge_base import KnowledgeBase
     from rag_lfm.readers import TransformersReader
 
     kb = KnowledgeBase.open(args.index)
     print(f"index: {args.index}, {len(kb)} chunks; machine: {platform.machine()}, {os.cpu_count()} CPUs, "
           f"torch threads {torch.get_num_threads()}")
-    source = kb
-    if args.retriever == "hybrid":
-        from rag_lfm.retrieval import Retriever
+    if args.retriever == "dense":
+        source = kb
+    elif args.retriever == "default":
+        source = kb.retriever
+    else:
+        from rag_lfm.retrieval.cli import build_retriever
 
-        source = Retriever(kb, method="hybrid")
-    examples = wiki_vital_task(n, seed=args.seed, split=args.split, query=args.query)
-    reader = TransformersReader(args.model, max_new_tokens=args.max_new_tokens,
-                                max_passage_tokens=args.max_passage_tokens, batch_size=args.batch_size,
-                                constrain=args.constrain).warm_up()
-    print(f"reader: {reader.name} on {reader.device} ({reader.dtype}), window {reader.context_window}")
+        source = build_retriever(kb, args.retriever)
+    qa_sets = {}
+    for name in args.qa.split(","):
+        if name == "wiki":
+            qa_sets[f"wiki-{args.split}"] = wiki_vital_task(n, seed=args.seed, split=args.split, query=args.query)
+        else:
+            qa_sets[os.path.basename(name).removesuffix(".jsonl")] = load_qa_jsonl(name)
+    readers: dict[str, TransformersReader] = {}
+
+    def reader_for(candidates: str) -> TransformersReader:
+        if candidates not in readers:
+            extra = {"candidates": candidates} if candidates else {}
+            readers[candidates] = TransformersReader(
+                args.model, max_new_tokens=args.max_new_tokens, max_passage_tokens=args.max_passage_tokens,
+                batch_size=args.batch_size, constrain=args.constrain, **extra).warm_up()
+        return readers[candidates]
+
+    r0 = reader_for("")
+    print(f"reader: {r0.name} on {r0.device} ({r0.dtype}), window {r0.context_window}")
     rows = []
     t0 = time.perf_counter()
-    for spec in args.strategies.split(","):
-        name, _, k = spec.partition(":")
-        rep = evaluate_qa(source, reader, examples, strategy=name, k=int(k or 5), progress=not args.json)
-        rows.append(rep)
-        print(rep.row(), flush=True)
+    for set_name, examples in qa_sets.items():
+        for spec in args.strategies.split(","):
+            name, k, candidates = (spec.split(":") + ["", ""])[:3]
+            rep = evaluate_qa(source, reader_for(candidates), examples, strategy=name, k=int(k or 5),
+                              progress=not args.json)
+            rep.qa_set, rep.candidates = set_name, candidates or r0.candidates  # type: ignore[attr-defined]
+            rows.append(rep)
+            print(f"{set_name:<14} {candidates or r0.candidates:<7}", rep.row(), flush=True)
     total = time.perf_counter() - t0
 
-    print(f"\n{'strategy':<16}{'EM':>7}{'F1':>7}{'in-ctx':>8}{'EM/in-ctx':>10}{'s/q':>8}{'EM-CB':>8}")
-    cb = next((r for r in rows if r.strategy == "closed-book"), None)
+    print(f"\n{'QA set':<16}{'strategy':<16}{'cands':<8}{'EM':>7}{'contains':>9}{'F1':>7}{'in-ctx':>8}"
+          f"{'EM/in-ctx':>10}{'s/q':>8}{'EM-CB':>8}")
     for r in rows:
+        cb = next((x for x in rows if x.strategy == "closed-book" and x.qa_set == r.qa_set), None)
         label = r.strategy if r.strategy == "closed-book" else f"{r.strategy} k={r.k}"
         aic = "-" if r.answer_in_context is None else f"{r.answer_in_context:.3f}"
         ratio = "-" if not r.answer_in_context else f"{r.exact_match / r.answer_in_context:.2f}"
         gain = "-" if cb is None or r is cb else f"{r.exact_match - cb.exact_match:+.3f}"
-        print(f"{label:<16}{r.exact_match:7.3f}{r.f1:7.3f}{aic:>8}{ratio:>10}{r.seconds_per_question:8.3f}{gain:>8}")
-    rag = [r for r in rows if r.strategy != "closed-book"]
+        print(f"{r.qa_set:<16}{label:<16}{r.candidates:<8}{r.exact_match:7.3f}{r.contains:9.3f}{r.f1:7.3f}{aic:>8}"
+              f"{ratio:>10}{r.seconds_per_question:8.3f}{gain:>8}")
+    first = next(iter(qa_sets))
+    rows_first = [r for r in rows if r.qa_set == first]
+    cb = next((r for r in rows_first if r.strategy == "closed-book"), None)
+    rag = [r for r in rows_first if r.strategy != "closed-book"]
     targets = {}
     if rag:
         best = max(rag, key=lambda r: r.exact_match)
@@ -108,7 +143,7 @@ def main() -> None:
     print(f"total {total:.0f} s")
     if args.json:
         print(json.dumps({"n": n, "args": vars(args), "total_s": total, "targets": targets,
-                          "rows": [r.to_dict() for r in rows]}))
+                          "rows": [r.to_dict() | {"qa_set": r.qa_set, "candidates": r.candidates} for r in rows]}))
 
 
 if __name__ == "__main__":

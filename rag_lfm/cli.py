@@ -48,8 +48,8 @@ def ingest(
     embedder_backend: Annotated[Optional[str], typer.Option(help="auto (default: the fastest measured on this machine), torch, onnx, onnx-int8, openvino or openvino-int8, for a new index.")] = None,
     chunk_size: Annotated[Optional[int], typer.Option(help="Tokens per chunk, for a new index.")] = None,
     glob: Annotated[Optional[str], typer.Option(help="For a folder: which files (e.g. '**/*.md').")] = None,
-    text_field: Annotated[Optional[str], typer.Option(help="For JSON/JSONL/CSV files: the text field.")] = None,
-    id_field: Annotated[Optional[str], typer.Option(help="For JSON/JSONL/CSV files: the id field.")] = None,
+    text_field: Annotated[Optional[str], typer.Option("--text-field", help="For JSON/JSONL/CSV files: the text field.")] = None,
+    id_field: Annotated[Optional[str], typer.Option("--id-field", help="For JSON/JSONL/CSV files: the id field.")] = None,
     commit_every: Annotated[int, typer.Option(help="Commit every N documents.")] = 1000,
     sync: Annotated[bool, typer.Option("--sync", help="Also delete documents the source no longer has.")] = False,
     as_json: JsonOpt = False,
@@ -68,6 +68,9 @@ def ingest(
         else:
             opts = {k: v for k, v in {"glob": glob, "text_field": text_field, "id_field": id_field}.items() if v is not None}
             connector = Files(source, **opts)
+        preflight = getattr(connector, "preflight", None)
+        if callable(preflight):
+            preflight()  # e.g. a misspelt --text-field: fail before an index is created
         path = index or defaults.pop("path", None)
         defaults.pop("path", None)
         if path is None:

@@ -49,7 +49,7 @@ def test_records_json_jsonl_csv_with_field_mapping(tmp_path):
 def test_records_without_text_field_are_reported(tmp_path):
     (tmp_path / "r.csv").write_text("a,b\n1,2\n")
     docs, skipped = _split(list(Files(str(tmp_path)).iter_documents()))
-    assert not docs and "pass text_field=" in skipped[0].reason
+    assert not docs and "--text-field" in skipped[0].reason and "text_field=" in skipped[0].reason
 
 
 def test_binary_undecodable_and_unsupported_files_are_skipped_with_reasons(tmp_path):
@@ -95,3 +95,42 @@ def test_single_file_and_stable_ids(tmp_path):
     assert a[0].content_hash == b[0].content_hash
     f.write_text("hello again")
     assert list(Files(str(f)).iter_documents())[0].content_hash != a[0].content_hash
+
+
+def test_mixed_folder_ingests_every_known_type_with_titles_and_file_metadata(tmp_path):
+    from tests.test_connector_pdf import minimal_pdf
+
+    (tmp_path / "guide").mkdir()
+    (tmp_path / "guide" / "install.md").write_text("Intro line\n\n## Installing the tool\n\nRun pip.")
+    (tmp_path / "notes.txt").write_text("plain notes")
+    (tmp_path / "page.html").write_text("<html><body><h1>Release notes</h1><p>v2 is out</p></body></html>")
+    (tmp_path / "paper.pdf").write_bytes(minimal_pdf(["Page one text", "Page two text"]))
+    (tmp_path / "rows.csv").write_text("id,body\n1,a row\n")
+    docs, skipped = _split(list(Files(str(tmp_path), text_field="body", id_field="id").iter_documents()))
+    assert not skipped
+    by_id = {d.id: d for d in docs}
+    assert set(by_id) == {"guide/install.md", "notes.txt", "page.html", "paper.pdf", "1"}
+    assert by_id["guide/install.md"].metadata["title"] == "Installing the tool"  # the first Markdown heading
+    assert by_id["notes.txt"].metadata["title"] == "notes"  # else the file name, never the path
+    assert by_id["page.html"].metadata["title"] == "Release notes"  # no <title>: the first <h1>
+    pdf = by_id["paper.pdf"]
+    assert "Page one text" in pdf.text and "Page two text" in pdf.text and pdf.metadata["title"] == "paper"
+    assert pdf.metadata["pages"] == 2 and pdf.metadata["type"] == "pdf"
+    md = by_id["guide/install.md"].metadata
+    assert md["folder"] == "guide" and md["path"] == "guide/install.md" and md["type"] == "md"
+    assert md["size"] == (tmp_path / "guide" / "install.md").stat().st_size and md["mtime"] > 1.6e9
+    assert by_id["notes.txt"].metadata["folder"] == "" and by_id["1"].metadata["path"] == "rows.csv"
+
+
+def test_a_misspelt_text_field_is_caught_before_anything_is_ingested(tmp_path):
+    (tmp_path / "a.csv").write_text("sku,description\n1,blue shirt\n2,red hat\n")
+    (tmp_path / "b.jsonl").write_text('{"sku": 3, "description": "green scarf"}\n')
+    conn = Files(str(tmp_path), text_field="descripton", id_field="sku")
+    with pytest.raises(ConfigError, match=r"text field 'descripton' is in none of the 2 record file\(s\).*'description'.*--text-field"):
+        conn.preflight()
+    Files(str(tmp_path), text_field="description", id_field="sku").preflight()  # the right name passes
+    with pytest.raises(ConfigError, match="id field 'id'"):
+        Files(str(tmp_path), text_field="description", id_field="id").preflight()
+    # During ingest a CSV without the field is reported once for the file, not once per row.
+    skipped = [i for i in Files(str(tmp_path / "a.csv"), text_field="body").iter_documents() if isinstance(i, Skipped)]
+    assert len(skipped) == 1 and "header has no text field 'body'" in skipped[0].reason

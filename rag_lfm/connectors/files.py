@@ -1,16 +1,29 @@
-"""The files connector: a directory (with globs) or one file of .txt, .md, .html, .json, .jsonl, .csv.
+"""The files connector: a directory (with globs) or one file of .txt, .md, .html, .pdf, .json, .jsonl, .csv.
 
-* ``.txt`` / ``.md``: one document per file, id = the path relative to the root.
+A folder ingests every type it recognises, each with its reader:
+
+* ``.txt`` / ``.md`` / ``.rst``: one document per file, id = the path relative to the root,
+  title = the first Markdown heading (``# ...``) or else the file name without its suffix.
 * ``.html`` / ``.htm``: text extracted with a real HTML parser (BeautifulSoup + lxml);
-  scripts, styles and navigation dropped; ``<title>`` kept as metadata.
+  scripts, styles and navigation dropped; title = ``<title>``, else the first ``<h1>``, else the name.
+* ``.pdf``: one document per file with pypdf (``page_starts`` in the metadata map a chunk's
+  offset to its page); title = the PDF's own title, else the name. Needs ``pip install 'rag-lfm[pdf]'``;
+  for a document per page use :class:`~rag_lfm.connectors.pdf.PdfConnector`.
 * ``.json`` (a list of objects, or one object), ``.jsonl`` (an object per line), ``.csv``
   (a header row): one document per record, with a field mapping -- ``text_field`` (or
   several, joined by a blank line), ``id_field`` (else ``<file>#<row>``) and
   ``metadata_fields`` (else every other scalar field).
 
+Every file document carries ``path`` (relative), ``folder`` (its relative folder, "" at the
+root), ``title``, ``type``, ``size`` (bytes) and ``mtime`` (seconds since the epoch) as
+metadata, so a search can filter by folder or path prefix
+(``{"path": {"$prefix": "docs/api/"}}``), size or date.
+
 A file that cannot be read (binary, not UTF-8, no permission) or a record that is
 malformed (bad JSON line, missing text field) is yielded as :class:`Skipped` with the
-file (and line) and the reason; the rest of the batch goes on.
+file (and line) and the reason; the rest of the batch goes on. A ``text_field`` that no
+record file has (a misspelling) is caught by :meth:`Files.preflight` before anything is
+written: the error lists the fields the files do have.
 
 Example:
     >>> from rag_lfm.connectors import Files
@@ -23,6 +36,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,8 +47,11 @@ from rag_lfm.types import Document, Skipped
 
 TEXT_TYPES = (".txt", ".md", ".markdown", ".rst")
 HTML_TYPES = (".html", ".htm")
+PDF_TYPES = (".pdf",)
 RECORD_TYPES = (".json", ".jsonl", ".csv")
-SUPPORTED = TEXT_TYPES + HTML_TYPES + RECORD_TYPES
+SUPPORTED = TEXT_TYPES + HTML_TYPES + PDF_TYPES + RECORD_TYPES
+_MD_HEADING = re.compile(r"^\s{0,3}#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
+TEXT_FIELD_HINT = "pass --text-field FIELD on the command line (text_field='FIELD' in Python)"
 
 
 class Files:
@@ -90,14 +107,49 @@ class Files:
     def __len__(self) -> int:
         return len(self.paths())
 
+    def _rel(self, p: Path) -> str:
+        return p.name if self.root.is_file() else p.relative_to(self.root).as_posix()
+
+    def preflight(self) -> None:
+        """Check the field mapping against the record files before anything is ingested.
+
+        Raises:
+            ConfigError: ``text_field`` (or ``id_field``) is in no record file's header or
+                first record -- a misspelling would otherwise fail every record one by one.
+        """
+        if not self.text_fields and self.id_field is None:
+            return
+        seen: dict[str, list[str]] = {}
+        for p in self.paths():
+            if p.suffix.lower() in RECORD_TYPES:
+                fields = _record_fields(p, self.encoding)
+                if fields is not None:
+                    seen[self._rel(p)] = fields
+        if not seen:
+            return
+        for label, wanted in [("text field", f) for f in self.text_fields] + [("id field", self.id_field)]:
+            if wanted is not None and not any(wanted in fields for fields in seen.values()):
+                example = next(iter(seen.items()))
+                raise ConfigError(
+                    f"{label} {wanted!r} is in none of the {len(seen)} record file(s); {example[0]} has the fields "
+                    f"{', '.join(map(repr, example[1][:20]))}: pick one of them "
+                    f"({'--text-field / text_field=' if label == 'text field' else '--id-field / id_field='})"
+                )
+
     def iter_documents(self) -> Iterator[Document | Skipped]:
         for p in self.paths():
-            rel = p.name if self.root.is_file() else p.relative_to(self.root).as_posix()
+            rel = self._rel(p)
             suffix = p.suffix.lower()
             if suffix not in SUPPORTED:
                 yield Skipped(rel, f"unsupported file type {suffix or '(none)'!r}; supported: {', '.join(SUPPORTED)}")
                 continue
             try:
+                stat = p.stat()
+                base = {"path": rel, "folder": "" if "/" not in rel else rel.rsplit("/", 1)[0],
+                        "type": suffix.lstrip("."), "size": stat.st_size, "mtime": round(stat.st_mtime, 3)}
+                if suffix in PDF_TYPES:
+                    yield from self._pdf(p, rel, base)
+                    continue
                 raw = p.read_bytes()
             except OSError as exc:
                 yield Skipped(rel, f"cannot read file: {exc.strerror or exc}")
@@ -111,15 +163,27 @@ class Files:
                 yield Skipped(rel, f"not valid {self.encoding} text ({exc.reason} at byte {exc.start}); pass encoding=... or convert the file")
                 continue
             if suffix in TEXT_TYPES:
-                yield Document(rel, text, {"path": rel, "type": suffix.lstrip(".")})
+                heading = _MD_HEADING.search(text) if suffix in (".md", ".markdown") else None
+                title = heading.group(1).strip() if heading else p.stem
+                yield Document(rel, text, base | {"title": title})
             elif suffix in HTML_TYPES:
-                yield _html_document(rel, text)
+                yield _html_document(rel, text, base, p.stem)
             else:
-                yield from self._records(rel, suffix, text)
+                yield from self._records(rel, suffix, text, base)
 
-    def _records(self, rel: str, suffix: str, text: str) -> Iterator[Document | Skipped]:
+    def _pdf(self, p: Path, rel: str, base: dict[str, Any]) -> Iterator[Document | Skipped]:
+        from rag_lfm.connectors.pdf import read_pdf
+
+        for item in read_pdf(p, rel, per="file"):
+            if isinstance(item, Document):
+                meta = base | item.metadata
+                meta["title"] = item.metadata.get("title") or p.stem
+                item = Document(item.id, item.text, meta)
+            yield item
+
+    def _records(self, rel: str, suffix: str, text: str, base: dict[str, Any]) -> Iterator[Document | Skipped]:
         if not self.text_fields:
-            yield Skipped(rel, f"{suffix} files hold records: pass text_field= (the field with the text) to ingest them")
+            yield Skipped(rel, f"{suffix} files hold records, one document each: {TEXT_FIELD_HINT} to ingest them")
             return
         if suffix == ".json":
             try:
@@ -129,7 +193,7 @@ class Files:
                 return
             records = data if isinstance(data, list) else [data]
             for i, rec in enumerate(records):
-                yield self._record(rel, f"{rel}#{i}", rec)
+                yield self._record(rel, f"{rel}#{i}", rec, base)
         elif suffix == ".jsonl":
             for lineno, line in enumerate(text.splitlines(), 1):
                 if not line.strip():
@@ -139,20 +203,25 @@ class Files:
                 except json.JSONDecodeError as exc:
                     yield Skipped(f"{rel}:{lineno}", f"invalid JSON line: {exc.msg} at column {exc.colno}")
                     continue
-                yield self._record(rel, f"{rel}:{lineno}", rec)
+                yield self._record(rel, f"{rel}:{lineno}", rec, base)
         else:
             reader = csv.DictReader(io.StringIO(text, newline=""))
+            header = reader.fieldnames or []
+            absent = [f for f in self.text_fields if f not in header]
+            if absent:  # one report for the file, not one per row
+                yield Skipped(rel, f"CSV header has no text field {absent[0]!r}; its fields: {', '.join(header)}")
+                return
             try:
                 for rec in reader:
                     where = f"{rel}:{reader.line_num}"
                     if None in rec:
                         yield Skipped(where, f"row has {len(rec) - 1 + len(rec[None])} fields but the header has {len(reader.fieldnames or [])}")
                         continue
-                    yield self._record(rel, where, rec)
+                    yield self._record(rel, where, rec, base)
             except csv.Error as exc:
                 yield Skipped(f"{rel}:{reader.line_num}", f"malformed CSV: {exc}")
 
-    def _record(self, rel: str, where: str, rec: Any) -> Document | Skipped:
+    def _record(self, rel: str, where: str, rec: Any, base: dict[str, Any]) -> Document | Skipped:
         if not isinstance(rec, dict):
             return Skipped(where, f"record is a {type(rec).__name__}, not an object")
         missing = [f for f in self.text_fields if f not in rec]
@@ -168,24 +237,43 @@ class Files:
         skip = set(self.text_fields) | ({self.id_field} if self.id_field else set())
         keys = self.metadata_fields if self.metadata_fields is not None else [k for k in rec if k not in skip]
         meta = {k: rec[k] for k in keys if k in rec and isinstance(rec[k], (str, int, float, bool))}
-        meta.setdefault("path", rel)
+        for k, v in base.items():
+            meta.setdefault(k, v)
         return Document(doc_id, text, meta)
 
 
-def _html_document(rel: str, html: str) -> Document:
+def _record_fields(p: Path, encoding: str) -> list[str] | None:
+    """The fields of a record file: the CSV header, or the keys of the first JSON/JSONL record."""
+    try:
+        with open(p, encoding=encoding, newline="") as fh:
+            if p.suffix.lower() == ".csv":
+                return next(csv.reader(fh), None)
+            if p.suffix.lower() == ".jsonl":
+                for line in fh:
+                    if line.strip():
+                        rec = json.loads(line)
+                        return list(rec) if isinstance(rec, dict) else None
+                return None
+            data = json.load(fh)
+    except (OSError, UnicodeDecodeError, ValueError, csv.Error):
+        return None  # unreadable files are reported one by one during ingest
+    first = data[0] if isinstance(data, list) and data else data
+    return list(first) if isinstance(first, dict) else None
+
+
+def _html_document(rel: str, html: str, base: dict[str, Any], stem: str) -> Document:
     from bs4 import BeautifulSoup
 
     soup = BeautifulSoup(html, "lxml")
     title = soup.title.get_text(" ", strip=True) if soup.title else ""
+    if not title and soup.h1 is not None:
+        title = soup.h1.get_text(" ", strip=True)
     for tag in soup(["script", "style", "noscript", "nav", "header", "footer", "template", "svg"]):
         tag.decompose()
     body = soup.body or soup
     lines = [ln.strip() for ln in body.get_text("\n").splitlines()]
     text = "\n".join(ln for ln in lines if ln)
-    meta: dict[str, Any] = {"path": rel, "type": "html"}
-    if title:
-        meta["title"] = title
-    return Document(rel, text, meta)
+    return Document(rel, text, base | {"type": "html", "title": title or stem})
 
 
 register_connector("files", Files)

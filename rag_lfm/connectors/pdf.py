@@ -87,91 +87,94 @@ class PdfConnector:
             )
         return self.path, sorted(p for p in self.path.glob(self.pattern) if p.is_file())
 
-    def _open(self, file: Path, ref: str):
-        """Return a PdfReader, or a Skipped saying why the file can't be read."""
-        pypdf = _pypdf()
-        try:
-            reader = pypdf.PdfReader(str(file), strict=False)
-            if reader.is_encrypted:
-                ok = False
-                for pw in ("", self.password) if self.password else ("",):
-                    try:
-                        ok = bool(reader.decrypt(pw))
-                    except (pypdf.errors.PdfReadError, NotImplementedError, ValueError) as exc:
-                        if "cryptography" in str(exc) or "AES" in str(exc):
-                            return Skipped(ref, f"encrypted with AES; pip install cryptography to open it ({exc})")
-                        ok = False
-                    if ok:
-                        break
-                if not ok:
-                    hint = "the given password= is wrong" if self.password else "pass password= in the spec"
-                    return Skipped(ref, f"encrypted PDF could not be opened: {hint}")
-            _ = len(reader.pages)  # forces the page tree to be parsed: a damaged file fails here
-        except (pypdf.errors.PyPdfError, ValueError, KeyError, TypeError, AttributeError, OSError) as exc:
-            # pypdf reports damaged structures with several exception types
-            return Skipped(ref, f"not a readable PDF ({type(exc).__name__}: {exc})")
-        return reader
-
     def iter_documents(self) -> Iterator[Document | Skipped]:
         """Yield Documents per page (or file); Skipped for unreadable files and empty pages.
 
         Raises:
             SourceError: ``path`` does not exist.
         """
-        pypdf = _pypdf()
         root, files = self._files()
-        # pypdf logs warnings for every recoverable defect; the Skipped reports carry what matters
-        logging.getLogger("pypdf").setLevel(logging.ERROR)
         for file in files:
-            rel = file.relative_to(root).as_posix()
-            opened = self._open(file, rel)
-            if isinstance(opened, Skipped):
-                yield opened
-                continue
-            reader = opened
-            try:
-                title = str((reader.metadata or {}).get("/Title") or "") if reader.metadata is not None else ""
-            except (pypdf.errors.PyPdfError, ValueError, KeyError, TypeError) as exc:
-                title = ""
-                logging.getLogger(__name__).debug("no title in %s: %s", rel, exc)
-            n_pages = len(reader.pages)
-            if self.per == "page":
-                for i, page in enumerate(reader.pages, start=1):
-                    ref = f"{rel}#page={i}"
-                    try:
-                        t = (page.extract_text() or "").strip()
-                    except (pypdf.errors.PyPdfError, ValueError, KeyError, TypeError, AttributeError) as exc:
-                        yield Skipped(ref, f"page text could not be extracted ({type(exc).__name__}: {exc})")
-                        continue
-                    if not t:
-                        yield Skipped(ref, "page has no extractable text (a scanned image? OCR it first)")
-                        continue
-                    yield Document(id=ref, text=t, metadata={"path": rel, "page": i, "pages": n_pages, "title": title})
-                continue
-            texts: list[str] = []
-            failed: Skipped | None = None
-            for i, page in enumerate(reader.pages, start=1):
+            yield from read_pdf(file, file.relative_to(root).as_posix(), per=self.per, password=self.password)
+
+
+def _open(file: Path, ref: str, password: str | None):
+    """Return a PdfReader, or a Skipped saying why the file can't be read."""
+    pypdf = _pypdf()
+    try:
+        reader = pypdf.PdfReader(str(file), strict=False)
+        if reader.is_encrypted:
+            ok = False
+            for pw in ("", password) if password else ("",):
                 try:
-                    texts.append((page.extract_text() or "").strip())
-                except (pypdf.errors.PyPdfError, ValueError, KeyError, TypeError, AttributeError) as exc:
-                    failed = Skipped(rel, f"text of page {i} could not be extracted ({type(exc).__name__}: {exc})")
+                    ok = bool(reader.decrypt(pw))
+                except (pypdf.errors.PdfReadError, NotImplementedError, ValueError) as exc:
+                    if "cryptography" in str(exc) or "AES" in str(exc):
+                        return Skipped(ref, f"encrypted with AES; pip install cryptography to open it ({exc})")
+                    ok = False
+                if ok:
                     break
-            if failed is not None:
-                yield failed
+            if not ok:
+                hint = "the given password= is wrong" if password else "pass password= in the spec"
+                return Skipped(ref, f"encrypted PDF could not be opened: {hint}")
+        _ = len(reader.pages)  # forces the page tree to be parsed: a damaged file fails here
+    except (pypdf.errors.PyPdfError, ValueError, KeyError, TypeError, AttributeError, OSError) as exc:
+        # pypdf reports damaged structures with several exception types
+        return Skipped(ref, f"not a readable PDF ({type(exc).__name__}: {exc})")
+    return reader
+
+
+def read_pdf(
+    file: Path, rel: str, *, per: Literal["page", "file"] = "page", password: str | None = None
+) -> Iterator[Document | Skipped]:
+    """One PDF as Documents (per page, or one per file with ``page_starts``), or Skipped with the reason.
+
+    ``rel`` is the id of the file (its path relative to the connector's root). Used by
+    :class:`PdfConnector` and by the files connector for the PDFs of a mixed folder.
+    """
+    pypdf = _pypdf()
+    # pypdf logs warnings for every recoverable defect; the Skipped reports carry what matters
+    logging.getLogger("pypdf").setLevel(logging.ERROR)
+    opened = _open(file, rel, password)
+    if isinstance(opened, Skipped):
+        yield opened
+        return
+    reader = opened
+    try:
+        title = str((reader.metadata or {}).get("/Title") or "") if reader.metadata is not None else ""
+    except (pypdf.errors.PyPdfError, ValueError, KeyError, TypeError) as exc:
+        title = ""
+        logging.getLogger(__name__).debug("no title in %s: %s", rel, exc)
+    n_pages = len(reader.pages)
+    if per == "page":
+        for i, page in enumerate(reader.pages, start=1):
+            ref = f"{rel}#page={i}"
+            try:
+                t = (page.extract_text() or "").strip()
+            except (pypdf.errors.PyPdfError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                yield Skipped(ref, f"page text could not be extracted ({type(exc).__name__}: {exc})")
                 continue
-            starts, pos = [], 0
-            for t in texts:
-                starts.append(pos)
-                pos += len(t) + len(_PAGE_SEP)
-            text = _PAGE_SEP.join(texts)
-            if not text.strip():
-                yield Skipped(rel, "no extractable text on any page (a scanned PDF? OCR it first)")
+            if not t:
+                yield Skipped(ref, "page has no extractable text (a scanned image? OCR it first)")
                 continue
-            yield Document(
-                id=rel,
-                text=text,
-                metadata={"path": rel, "pages": n_pages, "title": title, "page_starts": starts},
-            )
+            yield Document(id=ref, text=t, metadata={"path": rel, "page": i, "pages": n_pages, "title": title})
+        return
+    texts: list[str] = []
+    for i, page in enumerate(reader.pages, start=1):
+        try:
+            texts.append((page.extract_text() or "").strip())
+        except (pypdf.errors.PyPdfError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            yield Skipped(rel, f"text of page {i} could not be extracted ({type(exc).__name__}: {exc})")
+            return
+    starts, pos = [], 0
+    for t in texts:
+        starts.append(pos)
+        pos += len(t) + len(_PAGE_SEP)
+    text = _PAGE_SEP.join(texts)
+    if not text.strip():
+        yield Skipped(rel, "no extractable text on any page (a scanned PDF? OCR it first)")
+        return
+    yield Document(id=rel, text=text, metadata={"path": rel, "pages": n_pages, "title": title, "page_starts": starts})
 
 
 register_connector("pdf", PdfConnector)

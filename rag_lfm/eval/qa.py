@@ -70,6 +70,13 @@ def token_f1(prediction: str, golds: Sequence[str]) -> float:
     return max((_f1(prediction, g) for g in golds), default=0.0)
 
 
+def contains_answer(prediction: str, golds: Sequence[str]) -> float:
+    """1.0 when a normalised gold answer occurs, on word boundaries, in the normalised prediction
+    (a looser match than EM: "the Seine river" contains "Seine")."""
+    pred = f" {normalize_answer(prediction)} "
+    return float(any(normalize_answer(g) and f" {normalize_answer(g)} " in pred for g in golds))
+
+
 def answer_in_context(golds: Sequence[str], passages: Iterable[str]) -> bool:
     """Whether any normalised gold answer occurs, on word boundaries, in the normalised passages."""
     context = " " + " ".join(normalize_answer(p) for p in passages) + " "
@@ -182,6 +189,7 @@ class QAReport:
     latency_p95_s: float
     retrieval_s_per_question: float
     records: list[dict[str, Any]] = field(default_factory=list)
+    contains: float = 0.0  # share of predictions that contain a gold answer (see contains_answer)
 
     def to_dict(self, *, records: bool = False) -> dict[str, Any]:
         out = asdict(self)
@@ -191,8 +199,8 @@ class QAReport:
 
     def row(self) -> str:
         aic = "   -  " if self.answer_in_context is None else f"{self.answer_in_context:6.3f}"
-        return (f"{self.strategy:<12} k={self.k:<2} n={self.n:<4} EM {self.exact_match:6.3f}  F1 {self.f1:6.3f}  "
-                f"in-context {aic}  {self.seconds_per_question:6.3f} s/q")
+        return (f"{self.strategy:<12} k={self.k:<2} n={self.n:<4} EM {self.exact_match:6.3f}  contains {self.contains:6.3f}  "
+                f"F1 {self.f1:6.3f}  in-context {aic}  {self.seconds_per_question:6.3f} s/q")
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -244,7 +252,8 @@ def evaluate_qa(
             in_ctx = answer_in_context(e.answers, [f"{c.title} {c.text}" for c in a.citations])
         records.append({
             "id": e.id, "question": e.question, "answers": e.answers, "prediction": a.text,
-            "em": exact_match(a.text, e.answers), "f1": token_f1(a.text, e.answers), "in_context": in_ctx,
+            "em": exact_match(a.text, e.answers), "contains": contains_answer(a.text, e.answers),
+            "f1": token_f1(a.text, e.answers), "in_context": in_ctx,
             "cited": [c.doc_id for c in a.citations], "latency_s": a.latency_s,
         })
     n = len(records)
@@ -253,6 +262,7 @@ def evaluate_qa(
     return QAReport(
         strategy=strategy, k=0 if strategy == "closed-book" else k, n=n,
         exact_match=sum(r["em"] for r in records) / n, f1=sum(r["f1"] for r in records) / n,
+        contains=sum(r["contains"] for r in records) / n,
         answer_in_context=(sum(ctx) / len(ctx)) if ctx else None,
         seconds_per_question=total / n, latency_p50_s=_quantile(latencies, 0.5), latency_p95_s=_quantile(latencies, 0.95),
         retrieval_s_per_question=retrieval_s / n, records=records,
