@@ -111,7 +111,27 @@ class KnowledgeBase:
         self.embedder = embedder
         self.docstore = docstore
         self.index = index
-        self.chunker = Chunker(embedder.tokenizer, size=manifest["chunking"]["size"], overlap=manifest["chunking"]["overlap"])
+        self._chunker: Chunker | None = None
+        self._retriever: Any = None
+
+    @property
+    def chunker(self) -> Chunker:
+        """The chunker, built on first use: it needs the embedder's tokenizer, which loads the model,
+        and reading an index (``info``, counts, filters) should not."""
+        if self._chunker is None:
+            c = self.manifest["chunking"]
+            self._chunker = Chunker(self.embedder.tokenizer, size=c["size"], overlap=c["overlap"])
+        return self._chunker
+
+    @property
+    def retriever(self) -> Any:
+        """The :class:`~rag_lfm.retrieval.Retriever` that :meth:`search` runs, built from the manifest's
+        ``retriever`` configuration (indexes made before it was recorded get today's default)."""
+        if self._retriever is None:
+            from rag_lfm.retrieval.retriever import Retriever
+
+            self._retriever = Retriever.from_config(self, self.manifest.get("retriever"))
+        return self._retriever
 
     # -- construction --------------------------------------------------------------------
     @classmethod
@@ -129,6 +149,7 @@ class KnowledgeBase:
         chunk_overlap: int = 40,
         device: str = "auto",
         embedder_backend: str = "auto",
+        retriever: str | dict[str, Any] = "default",
     ) -> KnowledgeBase:
         """Create an empty index directory at ``path``.
 
@@ -144,6 +165,9 @@ class KnowledgeBase:
             embedder_backend: ``"auto"`` (the fastest backend on this machine that keeps the model's
                 retrieval quality, measured once per machine: see :func:`rag_lfm.embedders.choose_backend`),
                 ``"torch"``, ``"onnx"``, ``"onnx-int8"``, ``"openvino"`` or ``"openvino-int8"``.
+            retriever: what :meth:`search` runs: ``"default"`` (hybrid dense + BM25, the best measured:
+                see :data:`rag_lfm.retrieval.retriever.DEFAULT_CONFIG`), ``"dense"``, or a configuration
+                dict for :meth:`rag_lfm.retrieval.Retriever.from_config`. Recorded in the manifest.
         """
         root = Path(path)
         if (root / MANIFEST).exists():
@@ -163,6 +187,7 @@ class KnowledgeBase:
         if store.get_commit() is not None:
             raise ConfigError(f"doc store {store.safe_url} with prefix {table_prefix!r} already holds an index; pass another table_prefix")
         factory = auto_factory(0) if index == "auto" else index
+        retriever_cfg = _retriever_config(retriever)
         dim = int(emb.dim)
         manifest = {
             "format": FORMAT,
@@ -172,6 +197,7 @@ class KnowledgeBase:
             "index": {"spec": index, "factory": factory, "backend": backend},
             "chunking": {"size": size, "overlap": chunk_overlap},
             "docstore": {"url": docstore, "prefix": table_prefix},
+            "retriever": retriever_cfg,
             "generation": 0,
             "files": {},
             "counts": {"documents": 0, "chunks": 0},
@@ -346,6 +372,7 @@ class KnowledgeBase:
                     report.deleted += self._delete_keys(gone)
                     report.commits += 1
             self._record_source(source_id, connector, report)
+            self._refresh_sidecars()
         bar.close()
         report.seconds = time.perf_counter() - t0
         return report
@@ -513,7 +540,9 @@ class KnowledgeBase:
         if not keys:
             return 0
         with self._write_lock():
-            return self._delete_keys(keys, whole_source=source if not doc_ids else None)
+            n = self._delete_keys(keys, whole_source=source if not doc_ids else None)
+            self._refresh_sidecars()
+            return n
 
     def _delete_keys(self, keys: list[str], *, whole_source: str | None = None) -> int:
         changes = ChangeSet(delete_doc_keys=keys, delete_chunk_ids=self.docstore.chunk_ids_of_docs(keys))
@@ -521,6 +550,12 @@ class KnowledgeBase:
             changes.delete_sources.append(whole_source)
         self._apply(changes, np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32))
         return len(keys)
+
+    def _refresh_sidecars(self) -> None:
+        """Bring the retriever's BM25 indexes up to the committed generation (by the writer, at the end
+        of a write), so the first hybrid query after an ingest pays nothing extra."""
+        if self.manifest.get("retriever", {}).get("method", "hybrid") != "dense" and len(self):
+            _ = self.retriever.bm25_indexes
 
     def _record_source(self, source_id: str, connector: Any, report: IngestReport) -> None:
         # The spec lets `rag-lfm sync` rebuild this connector later; "name" keeps its source id.
@@ -544,18 +579,31 @@ class KnowledgeBase:
         self.docstore.apply(changes, commit)
 
     # -- search --------------------------------------------------------------------------
-    def search(self, query: str, k: int = 10, *, filter: dict[str, Any] | None = None) -> list[Hit]:
-        """The ``k`` best chunks for ``query`` (restricted to documents matching ``filter``)."""
+    def search(
+        self, query: str, k: int = 10, *, filter: dict[str, Any] | None = None, method: str | None = None
+    ) -> list[Hit]:
+        """The ``k`` best chunks for ``query`` (restricted to documents matching ``filter``).
+
+        ``method``: None runs the index's recorded retriever (:attr:`retriever`: hybrid dense + BM25
+        by default); ``"dense"`` the embedding search alone.
+        """
         if not isinstance(query, str):
             raise ConfigError(f"query must be a str, got {type(query).__name__}: {query!r}; for many queries use search_batch()")
-        return self.search_batch([query], k, filter=filter)[0]
+        return self.search_batch([query], k, filter=filter, method=method)[0]
 
-    def search_batch(self, queries: Sequence[str], k: int = 10, *, filter: dict[str, Any] | None = None) -> list[list[Hit]]:
-        """Search many queries at once (one embedding pass, one index search)."""
+    def search_batch(
+        self, queries: Sequence[str], k: int = 10, *, filter: dict[str, Any] | None = None, method: str | None = None
+    ) -> list[list[Hit]]:
+        """Search many queries at once (one embedding pass, one index search); see :meth:`search`."""
         if isinstance(queries, str):
             raise ConfigError("search_batch() takes a list of queries, got one str; use search() or wrap it in a list")
+        if method not in (None, "dense"):
+            raise ConfigError(f"method {method!r} is not valid here; use None (the index's retriever) or 'dense', "
+                              "or build a rag_lfm.retrieval.Retriever for other methods")
         if not queries:
             return []
+        if method is None and self.manifest.get("retriever", {}).get("method", "hybrid") != "dense":
+            return self.retriever.search_batch(list(queries), k, filter=filter)
         qvecs = self.embedder.encode(list(queries), kind="query")
         scores, ids = self.search_vectors(qvecs, k, filter=filter)
         return self.hits(scores, ids)
@@ -678,6 +726,21 @@ def _read_manifest(root: Path) -> dict[str, Any]:
     if manifest.get("format_version") != FORMAT_VERSION:
         raise IndexFormatError(f"{root} has index format version {manifest.get('format_version')!r}; this rag-lfm reads version {FORMAT_VERSION}: upgrade rag-lfm or rebuild the index")
     return manifest
+
+
+def _retriever_config(retriever: str | dict[str, Any]) -> dict[str, Any]:
+    from rag_lfm.retrieval.retriever import CONFIG_KEYS, DEFAULT_CONFIG, DENSE_CONFIG
+
+    if retriever == "default":
+        return dict(DEFAULT_CONFIG)
+    if retriever == "dense":
+        return dict(DENSE_CONFIG)
+    if not isinstance(retriever, dict):
+        raise ConfigError(f"retriever={retriever!r} must be 'default', 'dense' or a configuration dict")
+    unknown = set(retriever) - set(CONFIG_KEYS)
+    if unknown:
+        raise ConfigError(f"retriever configuration keys {sorted(unknown)} are unknown; valid keys: {', '.join(CONFIG_KEYS)}")
+    return json.loads(json.dumps(retriever))
 
 
 def _sqlite_url(root: Path) -> str:

@@ -32,6 +32,23 @@ from rag_lfm.retrieval.rerank import CrossEncoderReranker
 from rag_lfm.types import Hit
 
 METHODS = ("dense", "bm25", "hybrid")
+GROUP_DEPTH_FACTOR = 4
+# What `KnowledgeBase.search` runs unless told otherwise (recorded in each new index's manifest):
+# dense + BM25 on the text + BM25 on each document's first sentence, per-query z-score weighted
+# fusion 1 / 0.75 / 0.5. Chosen on dev documents by benchmarks/bench_default_retrieval.py (mean nDCG@10
+# of wiki descriptions and general factoid questions); on test documents nDCG@10 0.753 vs dense 0.628 for
+# descriptions, 0.976 vs 0.977 for general questions (benchmarks/RESULTS.md).
+DEFAULT_CONFIG: dict[str, Any] = {
+    "method": "hybrid",
+    "fusion": "weighted",
+    "normalize": "zscore",
+    "weights": [1.0, 0.75, 0.5],
+    "bm25_settings": [{}, {"opening_sentences": 1}],
+}
+DENSE_CONFIG: dict[str, Any] = {"method": "dense"}
+# The arguments a recorded configuration may set (what `from_config` accepts).
+CONFIG_KEYS = ("method", "fusion", "normalize", "weights", "rrf_k", "depth", "bm25_settings", "pool", "pool_factor",
+               "metric", "mmr_lambda", "mmr_pool", "group_by")
 
 
 class Retriever:
@@ -58,6 +75,9 @@ class Retriever:
             ``"float16"`` (all vectors in memory, loaded on first use and reloaded when the KB
             changes), ``"none"`` (the doc store, per query), or ``"auto"`` (float32 when it takes
             <= ``1 GiB``, else none).
+        group_by: ``"doc"`` keeps only the best passage of each document, so ``k`` hits are ``k``
+            documents (five passages of one file are often less useful than five files); the
+            candidate lists are searched ``GROUP_DEPTH_FACTOR`` times deeper to fill ``k``.
     """
 
     def __init__(
@@ -80,6 +100,7 @@ class Retriever:
         mmr_lambda: float | None = None,
         mmr_pool: int = 20,
         vector_cache: str = "auto",
+        group_by: str | None = None,
     ) -> None:
         if method not in METHODS:
             raise ConfigError(f"retrieval method {method!r} is not supported; use one of {METHODS}")
@@ -89,6 +110,9 @@ class Retriever:
             raise ConfigError(f"mmr_lambda must be in [0, 1], got {mmr_lambda}")
         if vector_cache not in ("auto", "none", *VectorCache.DTYPES):
             raise ConfigError(f"vector_cache {vector_cache!r} must be 'auto', 'none', 'float32' or 'float16'")
+        if group_by not in (None, "doc"):
+            raise ConfigError(f"group_by {group_by!r} is not supported; use None (passages) or 'doc' (one hit per document)")
+        self.group_by = group_by
         self.kb = kb
         self.vector_cache = vector_cache
         self._cache: VectorCache | None = None
@@ -122,6 +146,42 @@ class Retriever:
         self.mmr_lambda = mmr_lambda
         self.mmr_pool = mmr_pool
 
+    @classmethod
+    def from_config(cls, kb: Any, config: dict[str, Any] | None = None, **overrides: Any) -> Retriever:
+        """A Retriever from a recorded configuration (``DEFAULT_CONFIG`` when None), e.g. a manifest's.
+
+        Example:
+            >>> r = Retriever.from_config(kb, {"method": "hybrid", "fusion": "rrf"})   # doctest: +SKIP
+        """
+        cfg = dict(DEFAULT_CONFIG if config is None else config)
+        unknown = set(cfg) - set(CONFIG_KEYS)
+        if unknown:
+            raise ConfigError(f"retriever configuration keys {sorted(unknown)} are unknown; valid keys: {', '.join(CONFIG_KEYS)}")
+        return cls(kb, **{**cfg, **overrides})
+
+    def to_config(self) -> dict[str, Any]:
+        """The configuration :meth:`from_config` rebuilds this retriever from (JSON-serialisable).
+
+        Raises:
+            ConfigError: the retriever holds something a manifest cannot record (a Python metric
+                object that is not registered by name, a reranker model, caller-built BM25 indexes).
+        """
+        if self.reranker is not None or not self._bm25_owned:
+            raise ConfigError("a retriever with a reranker or caller-built BM25 indexes cannot be recorded; "
+                              "record the plain configuration and add those at search time")
+        if self.metric is not None and get_metric(self.metric.name) is not self.metric:
+            raise ConfigError(f"metric {self.metric.name!r} is not registered by name; register it to record it")
+        cfg: dict[str, Any] = {"method": self.method, "fusion": self.fusion, "normalize": self.normalize,
+                               "weights": self.weights, "rrf_k": self.rrf_k, "depth": self.depth,
+                               "bm25_settings": self.bm25_settings, "pool": self.pool, "pool_factor": self.pool_factor,
+                               "metric": self.metric.name if self.metric is not None else None,
+                               "mmr_lambda": self.mmr_lambda, "mmr_pool": self.mmr_pool, "group_by": self.group_by}
+        return cfg
+
+    @property
+    def uses_bm25(self) -> bool:
+        return self.method in ("bm25", "hybrid")
+
     @property
     def bm25_indexes(self) -> list[BM25Index]:
         """The KB's BM25 index per field, loaded or rebuilt (when the KB committed since) on use.
@@ -154,7 +214,7 @@ class Retriever:
         return self._cache
 
     def _depth(self, k: int) -> int:
-        need = k
+        need = k * GROUP_DEPTH_FACTOR if self.group_by == "doc" else k
         if self.reranker is not None:
             need = max(need, self.rerank_top)
         if self.mmr_lambda is not None:
@@ -200,8 +260,8 @@ class Retriever:
         qvecs: np.ndarray | None = None,
     ) -> list[list[Hit]]:
         """Top ``k`` hits for each query (higher score is better)."""
-        if k < 1:
-            raise ConfigError(f"k must be >= 1, got {k}")
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+            raise ConfigError(f"k={k!r} must be a positive int")
         scores, ids = self.search_ids(queries, k, filter=filter, qvecs=qvecs)
         flat = sorted({int(c) for c in ids.ravel().tolist() if c >= 0})
         by_id = {int(h.chunk_id): h for h in (self.kb.fetch(flat) if flat else [])}
@@ -211,6 +271,9 @@ class Retriever:
                     if c >= 0 and int(c) in by_id]
             if self.reranker is not None and hits:
                 hits = self.reranker.rerank(query, hits[: self.rerank_top])
+            if self.group_by == "doc":
+                seen: set[tuple[str, str]] = set()
+                hits = [h for h in hits if (h.source_id, h.doc_id) not in seen and not seen.add((h.source_id, h.doc_id))]
             if self.mmr_lambda is not None and len(hits) > 1:
                 hits = self._mmr(query, hits[: self.mmr_pool], k, None if qvecs is None else qvecs[qi])
             out.append(hits[:k])
