@@ -52,3 +52,7 @@ def minilm_path():
     from rag_lfm.models import resolve_model
 
     return resolve_model("all-MiniLM-L6-v2")
+
+
+# Spec signing keys and trust lists live in the user's config dir: keep the tests' own, away from ~/.config.
+os.environ.setdefault("RAG_LFM_CONFIG_DIR", __import__("tempfile").mkdtemp(prefix="rag-lfm-test-config-"))
