@@ -64,6 +64,7 @@ def ingest(
     glob: Annotated[Optional[str], typer.Option(help="For a folder: which files (e.g. '**/*.md').")] = None,
     text_field: Annotated[Optional[str], typer.Option(help="For JSON/JSONL/CSV files: the text field.")] = None,
     id_field: Annotated[Optional[str], typer.Option(help="For JSON/JSONL/CSV files: the id field.")] = None,
+    follow_symlinks: Annotated[bool, typer.Option("--follow-symlinks", help="For a folder: read what symbolic links inside it point to (default: report them as skipped).")] = False,
     commit_every: Annotated[int, typer.Option(help="Commit every N documents.")] = 1000,
     sync: Annotated[bool, typer.Option("--sync", help="Also delete documents the source no longer has.")] = False,
     as_json: JsonOpt = False,
@@ -81,6 +82,8 @@ def ingest(
             defaults = dict(spec["index"])
         else:
             opts = {k: v for k, v in {"glob": glob, "text_field": text_field, "id_field": id_field}.items() if v is not None}
+            if follow_symlinks:
+                opts["follow_symlinks"] = True
             connector = Files(source, **opts)
         path = index or defaults.pop("path", None)
         defaults.pop("path", None)

@@ -126,6 +126,7 @@ class BM25Index:
         """
         if k < 1:
             raise ConfigError(f"k must be >= 1, got {k}")
+        k = min(int(k), max(len(self.chunk_ids), 1))  # the result arrays never outgrow the collection
         b = len(queries)
         scores = np.zeros((b, k), dtype=np.float32)
         ids = np.full((b, k), -1, dtype=np.int64)

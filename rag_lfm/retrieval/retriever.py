@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from rag_lfm.errors import ConfigError
+from rag_lfm.knowledge_base import check_queries
 from rag_lfm.metrics import Metric, get_metric
 from rag_lfm.retrieval.bm25 import BM25Index
 from rag_lfm.retrieval.dense import VectorCache, gather_vectors, two_stage_search
@@ -177,7 +178,8 @@ class Retriever:
         """
         if isinstance(queries, str):
             raise ConfigError("queries must be a list of strings; use search() for one query")
-        depth = self._depth(k)
+        k = min(int(k), max(len(self.kb), 1))  # bound every allocation by the collection
+        depth = min(self._depth(k), max(len(self.kb), 1))
         lists = []
         if self.method in ("dense", "hybrid"):
             if qvecs is None:
@@ -202,6 +204,7 @@ class Retriever:
         """Top ``k`` hits for each query (higher score is better)."""
         if k < 1:
             raise ConfigError(f"k must be >= 1, got {k}")
+        queries = check_queries(queries)
         scores, ids = self.search_ids(queries, k, filter=filter, qvecs=qvecs)
         flat = sorted({int(c) for c in ids.ravel().tolist() if c >= 0})
         by_id = {int(h.chunk_id): h for h in (self.kb.fetch(flat) if flat else [])}
