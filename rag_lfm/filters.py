@@ -21,7 +21,8 @@ Limits, so that a hostile or generated filter gets a clear error rather than a
 RecursionError or a driver error: at most ``MAX_DEPTH`` levels of nesting,
 ``MAX_CONDITIONS`` field conditions and ``MAX_VALUES`` values in all. A field name
 holding a double quote or starting with ``-`` cannot be addressed by the JSON paths of
-every SQL backend (SQLite, MariaDB), so it is refused on all of them, with the fix;
+every SQL backend (SQLite, MariaDB), and one starting with ``$`` reads as an operator, so
+these are refused on every backend, with the fix;
 other names (dots, spaces, quotes, non-ASCII) are escaped and work everywhere.
 """
 
@@ -54,6 +55,8 @@ def field_name_problem(name: str) -> str | None:
         return "it holds a double quote, which SQLite's JSON paths cannot address"
     if name.startswith("-"):
         return "it starts with '-', which MariaDB's JSON paths cannot address"
+    if name.startswith("$"):
+        return "it starts with '$', which marks operators in filters"
     if len(name) > MAX_FIELD_LENGTH:
         return f"it is longer than {MAX_FIELD_LENGTH} characters"
     return None
@@ -130,7 +133,7 @@ def _clause(key: str, value: Any, documents: Table, fields: dict[str, str], dial
     if key == "$not":
         return not_(_compile(value, documents, fields, dialect))
     if key.startswith("$"):
-        raise FilterError(f"unknown filter operator {key!r} at the top level; use $and, $or, $not or a field name")
+        raise FilterError(f"unknown filter operator {key!r} at the top level; use $and, $or, $not or a field name (metadata keys starting with '$' cannot be filtered)")
     problem = field_name_problem(key) if key not in RESERVED else None
     if problem is not None:
         raise FilterError(

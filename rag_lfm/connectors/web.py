@@ -100,13 +100,13 @@ def _public_url(url: str) -> str:
     return redact(urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)))
 
 
-_DENIED = (
+_DENIED = (  # most specific first: Python counts 0.0.0.0/8 and 240.0.0.0/4 as private too
+    ("is_unspecified", "the unspecified address"),
     ("is_loopback", "a loopback address"),
     ("is_link_local", "a link-local address (cloud metadata endpoints live there)"),
-    ("is_private", "a private-network address"),
     ("is_multicast", "a multicast address"),
     ("is_reserved", "a reserved address"),
-    ("is_unspecified", "the unspecified address"),
+    ("is_private", "a private-network address"),
 )
 
 

@@ -156,3 +156,52 @@ def huge_k_searches(path: str, huge_k: int, extra: int, queue: Any) -> None:
         "retriever_hybrid": len(Retriever(kb, method="hybrid").search("w1 w2", k=huge_k)),
     }
     queue.put(out)
+
+
+# -- a local HTTP server ------------------------------------------------------------------
+class Server:
+    """A threaded HTTP server on ``host`` (any loopback address) serving ``routes``.
+
+    ``routes`` maps a path to (status, headers, body). ``hits`` counts requests per path,
+    ``auth`` records each request's Authorization header.
+    """
+
+    def __init__(self, routes: dict[str, tuple[int, dict[str, str], bytes]], host: str = "127.0.0.1") -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.routes, self.hits, self.auth = routes, {}, []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                path = self.path.split("?")[0]
+                server.hits[path] = server.hits.get(path, 0) + 1
+                server.auth.append(self.headers.get("Authorization"))
+                status, headers, body = server.routes.get(path, (404, {}, b"not found"))
+                body = body.replace(b"{base}", server.base.encode())
+                self.send_response(status)
+                headers = {"Content-Type": "text/html; charset=utf-8", **headers, "Content-Length": str(len(body))}
+                for k, v in headers.items():
+                    self.send_header(k, v.replace("{base}", server.base))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer((host, 0), Handler)
+        self.base = f"http://{host}:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def page(title: str, words: str) -> bytes:
+    body = f"<p>{words} {words} {words}</p>" * 3
+    return f"<!doctype html><html><head><title>{title}</title></head><body><article><h1>{title}</h1>{body}</article></body></html>".encode()
