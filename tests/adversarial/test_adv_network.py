@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 import _scenarios as sc
-from rag_lfm.connectors.web import NetworkPolicy, WebConnector
+from rag_lfm.connectors.web import WebConnector
 from rag_lfm.errors import SourceError
 from rag_lfm.types import Document, Skipped
 
@@ -99,6 +99,8 @@ def test_allow_lists_open_exactly_what_they_name(servers):
     ("240.0.0.1", "reserved"), ("93.184.215.14", None), ("2606:4700::6810:85e5", None),
 ])
 def test_policy_classifies_addresses(address, denied):
+    from rag_lfm.connectors.web import NetworkPolicy
+
     why = NetworkPolicy().denial(address)
     assert (why is None) if denied is None else (denied in why), (address, why)
     assert NetworkPolicy(allow_private=True).denial(address) is None or address in ("224.0.0.1", "0.0.0.0")
