@@ -222,6 +222,7 @@ class IndexDirectory:
         self.lock_timeout_s = LOCK_TIMEOUT_S
         self._lock_depth = 0
         self._lock_fh: Any = None
+        self._seen_stat: tuple[int, int, int] | None = None
 
     # -- the write lock ------------------------------------------------------------------
     @property
@@ -328,11 +329,32 @@ class IndexDirectory:
                 raise IndexFormatError(f"{self.root}: {kind} {name} fails its sha256 check (truncated or modified); restore it or rebuild the index")
 
     def refresh(self) -> CommitRecord | None:
-        """The committed record if it differs from :attr:`record` (another handle committed), else None."""
+        """The committed record if it differs from :attr:`record` (another handle committed), else None.
+
+        Called before every search, so it is cheap for a SQLite doc store: when the database
+        file is unchanged since the last check, no query runs (one ``stat``, ~2 us, instead
+        of a query, ~60-180 us).
+        """
+        stat = self._db_stat()
+        if stat is not None and stat == self._seen_stat:
+            return None
         raw = self.docstore.get_commit_raw()
+        # Trust an unchanged stat later only if the file's mtime is older than the clock's
+        # coarseness: a write after this point then gets a later mtime, never the same one.
+        self._seen_stat = stat if stat is not None and time.time_ns() - stat[0] > 50_000_000 else None
         if raw is None or (self.record is not None and raw == self.record.raw):
             return None
         return CommitRecord.from_raw(raw)
+
+    def _db_stat(self) -> tuple[int, int, int] | None:
+        url = self.docstore.engine.url
+        if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+            return None
+        try:
+            st = os.stat(url.database)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     # -- side files ----------------------------------------------------------------------
     def read_side_file(self, rel: str) -> bytes:

@@ -685,7 +685,8 @@ class KnowledgeBase:
 
         ``k' = min(k, chunks in the index)`` (at least 1): k is clamped to the collection, so
         nothing is allocated for results that cannot exist. Before searching, the handle
-        rolls forward when another process committed since it was opened (one small query).
+        rolls forward when another process committed since it was opened (a ``stat`` of a
+        SQLite doc store, else one small query).
         """
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise ConfigError(f"k={k!r} must be a positive int")

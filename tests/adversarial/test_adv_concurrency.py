@@ -215,6 +215,18 @@ def test_sigkill_inside_create_on_each_doc_store(tmp_path, procs, docstore_url, 
     assert _kill_matrix(tmp_path, procs, docstore_url, unique_prefix.rstrip("_"), stop_after=4) == 4
 
 
+def test_a_directory_an_older_create_left_without_manifest_is_created_again(tmp_path):
+    """What a SIGKILL inside create left with rag-lfm format 1: a committed, empty doc store and no manifest.json."""
+    path = tmp_path / "idx"
+    KnowledgeBase.create(path, embedder=HashEmbedder(16)).close()
+    (path / "manifest.json").unlink()
+    with pytest.raises(IndexFormatError, match="creation was interrupted; create it again"):
+        KnowledgeBase.open(path)
+    kb = KnowledgeBase.open_or_create(path, embedder=HashEmbedder(16))
+    assert kb.ingest(InMemory(sc.docs(5), name="s"), progress=False).added == 5
+    assert_consistent(KnowledgeBase.open(path))
+
+
 # -- format version 1 (today's main) ------------------------------------------------------
 def test_a_format_1_index_opens_and_migrates_at_its_first_write(tmp_path):
     path = tmp_path / "v1"
