@@ -198,7 +198,8 @@ def _check_rel(rel: str) -> str:
     p = Path(rel)
     if not isinstance(rel, str) or not rel or p.is_absolute() or ".." in p.parts:
         raise ConfigError(f"side file path {rel!r} must be a relative path inside the index directory, e.g. 'bm25/params.index.json'")
-    if p.parts[0] in (MANIFEST, LOCK) or p.name.startswith("index-") or p.parts[0].startswith("docstore."):
+    top = p.parts[0]
+    if top in (MANIFEST, LOCK) or top.startswith("docstore.") or (len(p.parts) == 1 and top.startswith("index-")):
         raise ConfigError(f"side file path {rel!r} names a file the commit protocol owns; use a folder of your own, e.g. 'adapters/<name>/...'")
     return p.as_posix()
 
