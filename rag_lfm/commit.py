@@ -81,12 +81,16 @@ from pathlib import Path
 from typing import Any
 
 from rag_lfm.atomic import sha256_file, write_json
+from rag_lfm.docstore import DocStore
 from rag_lfm.errors import ConcurrentWriteError, ConfigError, IndexFormatError
+from rag_lfm.redaction import MASK
 
 FORMAT = "rag-lfm-index"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
+SQLITE_NAME = "docstore.sqlite"
+PASSWORD_ENV = "RAG_LFM_DOCSTORE_PASSWORD"  # the doc store's password, when its URL had one (never stored)
 LOCK = ".lock"
 LOCK_TIMEOUT_S = 60.0
 LOAD_ATTEMPTS = 8
@@ -176,6 +180,67 @@ def read_manifest(root: Path) -> dict[str, Any]:
             f"{', '.join(map(str, READABLE_VERSIONS))}: upgrade rag-lfm or rebuild the index"
         )
     return manifest
+
+
+# -- opening a directory: where its doc store is, and creates that a crash interrupted -----
+def sqlite_url(root: Path) -> str:
+    """The default doc store: a SQLite file inside the index directory."""
+    return f"sqlite:///{(root / SQLITE_NAME).resolve()}"
+
+
+def read_json(path: Path) -> Any:
+    """The JSON in ``path``, or None when it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def interrupted_create(root: Path) -> bool:
+    """True when ``root`` holds the manifest of a create that never reached its first commit."""
+    m = read_json(root / MANIFEST)
+    if not isinstance(m, dict) or m.get("format") != FORMAT or int(m.get("generation", 0) or 0) != 0:
+        return False
+    try:
+        store = DocStore(docstore_url(root, m.get("docstore") or {}, None), prefix=(m.get("docstore") or {}).get("prefix", "rag_"))
+    except ConfigError:
+        return False
+    try:
+        return store.get_commit_raw() is None
+    except Exception:  # noqa: BLE001 - tables never created: interrupted too
+        return True
+    finally:
+        store.dispose()
+
+
+def empty_record(store: DocStore) -> bool:
+    """True when a doc store's record is the empty first commit of a create (nothing to keep)."""
+    commit = store.get_commit() or {}
+    return int((commit.get("counts") or {}).get("documents", 1)) == 0 and store.counts() == (0, 0) and not store.source_infos()
+
+
+def docstore_url(root: Path, recorded: dict[str, Any], given: str | None) -> str:
+    """The URL to open: ``given``, else the recorded one (with the password from the environment when it had one)."""
+    if given:
+        return given
+    url = recorded.get("url")
+    if not url:
+        return sqlite_url(root)
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - DocStore reports a bad URL with the fix
+        return url
+    if parsed.password == MASK:
+        password = os.environ.get(PASSWORD_ENV)
+        if not password:
+            raise ConfigError(
+                f"the doc store of {root} ({url}) needs a password, which is never stored; set ${PASSWORD_ENV}, "
+                "or pass the full URL: KnowledgeBase.open(path, docstore='...')"
+            )
+        return parsed.set(password=password).render_as_string(hide_password=False)
+    return url
 
 
 def digest_files(root: str | os.PathLike[str], rel: str) -> dict[str, str]:

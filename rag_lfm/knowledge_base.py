@@ -47,18 +47,31 @@ from typing import Any
 import numpy as np
 
 from rag_lfm.chunking import Chunker
-from rag_lfm.commit import FORMAT, FORMAT_VERSION, MANIFEST, IndexDirectory, bound_config, manifest_from, read_manifest
+from rag_lfm.commit import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    PASSWORD_ENV,
+    SQLITE_NAME,
+    IndexDirectory,
+    bound_config,
+    docstore_url,
+    empty_record,
+    interrupted_create,
+    manifest_from,
+    read_json,
+    read_manifest,
+    sqlite_url,
+)
 from rag_lfm.connectors.base import Connector
 from rag_lfm.docstore import ChangeSet, DocStore, doc_key, metadata_fields
 from rag_lfm.embedders import embedder_config, embedder_from_config, make_embedder
 from rag_lfm.errors import ConfigError, EmbedderMismatchError, IndexFormatError, SourceError
 from rag_lfm.index import FaissBackend, TorchExactBackend, auto_factory, faiss_gpu_count
-from rag_lfm.redaction import MASK, redact
+from rag_lfm.redaction import redact
 from rag_lfm.types import Document, Hit, Skipped
 
-SQLITE_NAME = "docstore.sqlite"
 COMPACT_MASKED_SHARE = 0.2  # rebuild an index that cannot remove ids once this share is masked
-PASSWORD_ENV = "RAG_LFM_DOCSTORE_PASSWORD"  # the doc store's password, when its URL had one (never stored)
 SEARCH_ATTEMPTS = 3  # searches redone when a commit lands between the index search and the doc store read
 EXACT_FILTER_LIMIT = 4096  # a filter matching at most this many chunks is scored exactly from stored vectors
 EXACT_FACTORIES = ("IDMap2,Flat", "IDMap,Flat", "torch-exact")  # searched exhaustively: a selector never starves them
@@ -156,7 +169,7 @@ class KnowledgeBase:
             embedder_backend: ``"torch"``, ``"onnx"``, ``"onnx-int8"``, ``"openvino"`` or ``"openvino-int8"`` for a sentence-transformers model.
         """
         root = Path(path)
-        if (root / MANIFEST).exists() and not _interrupted_create(root):
+        if (root / MANIFEST).exists() and not interrupted_create(root):
             raise ConfigError(f"{root} already holds an index; open it with KnowledgeBase.open({str(root)!r}) or choose another path")
         if root.exists() and not root.is_dir():
             raise ConfigError(f"index path {root} is a file; pass a directory path")
@@ -170,10 +183,10 @@ class KnowledgeBase:
         size = chunk_size or min(256, emb.max_tokens - 2)
         Chunker(None, size=size, overlap=chunk_overlap)  # validates size/overlap before anything is written
         root.mkdir(parents=True, exist_ok=True)
-        store = DocStore(docstore or _sqlite_url(root), prefix=table_prefix)
+        store = DocStore(docstore or sqlite_url(root), prefix=table_prefix)
         store.create_tables()
         if store.get_commit() is not None:
-            if (root / MANIFEST).exists() or not _empty_record(store):
+            if (root / MANIFEST).exists() or not empty_record(store):
                 raise ConfigError(f"doc store {store.safe_url} with prefix {table_prefix!r} already holds an index; pass another table_prefix")
             # An interrupted create by an older rag-lfm (committed, manifest never written): nothing to keep.
             store.drop_tables()
@@ -227,7 +240,7 @@ class KnowledgeBase:
         root = Path(path)
         manifest = read_manifest(root)
         dstore = manifest["docstore"]
-        store = DocStore(_docstore_url(root, dstore, docstore), prefix=dstore["prefix"])
+        store = DocStore(docstore_url(root, dstore, docstore), prefix=dstore["prefix"])
         try:
             store.check_tables()
         except IndexFormatError:
@@ -266,7 +279,7 @@ class KnowledgeBase:
         A directory whose creation was interrupted (a crash before its first commit) is created again.
         """
         root = Path(path)
-        if (root / MANIFEST).exists() and not _interrupted_create(root):
+        if (root / MANIFEST).exists() and not interrupted_create(root):
             return cls.open(path, device=create_kwargs.get("device", "auto"), docstore=create_kwargs.get("docstore"))
         return cls.create(path, **create_kwargs)
 
@@ -321,7 +334,7 @@ class KnowledgeBase:
         with self._dir.write_lock():
             if self._dir.locked and self._dir._lock_depth == 1:
                 self._refresh()
-                if _read_json(self.path / MANIFEST) != self.manifest:
+                if read_json(self.path / MANIFEST) != self.manifest:
                     self._dir.write_manifest(self.manifest)  # roll forward (or migrate) manifest.json: writers only
                 self._dir.remove_unreferenced()
             yield
@@ -814,64 +827,7 @@ def _check_document(doc: Any) -> str | None:
     return None
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def _interrupted_create(root: Path) -> bool:
-    """True when ``root`` holds the manifest of a create that never reached its first commit."""
-    m = _read_json(root / MANIFEST)
-    if not isinstance(m, dict) or m.get("format") != FORMAT or int(m.get("generation", 0) or 0) != 0:
-        return False
-    try:
-        store = DocStore(_docstore_url(root, m.get("docstore") or {}, None), prefix=(m.get("docstore") or {}).get("prefix", "rag_"))
-    except ConfigError:
-        return False
-    try:
-        return store.get_commit_raw() is None
-    except Exception:  # noqa: BLE001 - tables never created: interrupted too
-        return True
-    finally:
-        store.dispose()
-
-
-def _empty_record(store: DocStore) -> bool:
-    commit = store.get_commit() or {}
-    return int((commit.get("counts") or {}).get("documents", 1)) == 0 and store.counts() == (0, 0) and not store.source_infos()
-
-
-def _docstore_url(root: Path, recorded: dict[str, Any], given: str | None) -> str:
-    """The URL to open: ``given``, else the recorded one (with the password from the environment when it had one)."""
-    if given:
-        return given
-    url = recorded.get("url")
-    if not url:
-        return _sqlite_url(root)
-    from sqlalchemy.engine import make_url
-
-    try:
-        parsed = make_url(url)
-    except Exception:  # noqa: BLE001 - DocStore reports a bad URL with the fix
-        return url
-    if parsed.password == MASK:
-        password = os.environ.get(PASSWORD_ENV)
-        if not password:
-            raise ConfigError(
-                f"the doc store of {root} ({url}) needs a password, which is never stored; set ${PASSWORD_ENV}, "
-                "or pass the full URL: KnowledgeBase.open(path, docstore='...')"
-            )
-        return parsed.set(password=password).render_as_string(hide_password=False)
-    return url
-
-
 _FIXED_KEYS = ("format", "embedder", "metric", "index", "chunking", "created_at")
-
-
-def _sqlite_url(root: Path) -> str:
-    return f"sqlite:///{(root / SQLITE_NAME).resolve()}"
 
 
 def _torch_cuda() -> bool:

