@@ -7,7 +7,8 @@
     rag-lfm delete PATH DOC_ID ... [--source S]
 
 Every command takes ``--json`` for scripts; errors print one line naming the input and
-the fix, and exit with status 2.
+the fix, and exit with status 2. Printed errors pass through
+:func:`rag_lfm.redaction.redact`: a password or token never reaches the terminal or a log.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from rag_lfm.errors import RagLfmError
+from rag_lfm.redaction import redact
 
 app = typer.Typer(help="rag-lfm: build, sync and search retrieval indexes for a frozen foundation model.", no_args_is_help=True, add_completion=False)
 eval_app = typer.Typer(help="Evaluate retrieval and question answering.", no_args_is_help=True)
@@ -31,8 +33,20 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object ins
 
 
 def _fail(exc: BaseException) -> None:
-    typer.echo(f"error: {exc}", err=True)
+    typer.echo(f"error: {redact(str(exc))}", err=True)
     raise typer.Exit(2)
+
+
+def _parse_filter(text: str | None) -> Any:
+    """The --filter option as JSON, with a one-line error for bad or absurdly nested JSON."""
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RagLfmError(f"--filter {text[:200]!r} is not valid JSON ({exc.msg}); e.g. --filter '{{\"topic\": \"History\"}}'") from None
+    except RecursionError:
+        raise RagLfmError("--filter is nested too deeply to parse; flatten it (several keys at one level are ANDed)") from None
 
 
 def _emit(obj: Any, as_json: bool, text: str) -> None:
@@ -50,6 +64,7 @@ def ingest(
     glob: Annotated[Optional[str], typer.Option(help="For a folder: which files (e.g. '**/*.md').")] = None,
     text_field: Annotated[Optional[str], typer.Option("--text-field", help="For JSON/JSONL/CSV files: the text field.")] = None,
     id_field: Annotated[Optional[str], typer.Option("--id-field", help="For JSON/JSONL/CSV files: the id field.")] = None,
+    follow_symlinks: Annotated[bool, typer.Option("--follow-symlinks", help="For a folder: read what symbolic links inside it point to (default: report them as skipped).")] = False,
     commit_every: Annotated[int, typer.Option(help="Commit every N documents.")] = 1000,
     sync: Annotated[bool, typer.Option("--sync", help="Also delete documents the source no longer has.")] = False,
     as_json: JsonOpt = False,
@@ -67,6 +82,8 @@ def ingest(
             defaults = dict(spec["index"])
         else:
             opts = {k: v for k, v in {"glob": glob, "text_field": text_field, "id_field": id_field}.items() if v is not None}
+            if follow_symlinks:
+                opts["follow_symlinks"] = True
             connector = Files(source, **opts)
         preflight = getattr(connector, "preflight", None)
         if callable(preflight):
@@ -89,10 +106,16 @@ def ingest(
 @app.command("sync")
 def sync_cmd(
     index: Annotated[str, typer.Argument(help="Index directory.")],
+    allow: Annotated[Optional[list[str]], typer.Option("--allow", help="Run recorded specs of this connector beyond the built-in ones (e.g. 'langchain:package.module.Loader'); repeatable.")] = None,
+    trust_specs: Annotated[bool, typer.Option("--trust-specs", help="Run recorded specs not signed by your key (recorded elsewhere or edited), after you checked them; they are signed at this sync.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Re-run every source recorded in the index: add new, update changed, delete gone documents."""
-    from rag_lfm.connectors.spec import connector_from_source
+    """Re-run every source recorded in the index: add new, update changed, delete gone documents.
+
+    A recorded spec runs only when it is signed by your key and its connector type is
+    built in or allowed (see SECURITY.md); otherwise nothing runs and the error says how to allow it.
+    """
+    from rag_lfm.connectors.spec import connector_from_recorded
     from rag_lfm.knowledge_base import KnowledgeBase
 
     reports = []
@@ -101,12 +124,19 @@ def sync_cmd(
         infos = kb.docstore.source_infos()
         if not infos:
             raise RagLfmError(f"{index} records no sources; ingest one first (`rag-lfm ingest SPEC --index {index}`)")
+        runnable = []
         for source_id, info in sorted(infos.items()):
-            spec = info.get("spec")
-            if not spec:
+            if not info.get("spec"):
                 typer.echo(f"skipping source {source_id!r}: it was ingested from Python without a spec", err=True)
                 continue
-            reports.append(kb.sync(connector_from_source(spec), progress=not as_json))
+            if info.get("spec_redacted"):
+                typer.echo(f"skipping source {source_id!r}: its spec held a secret, which is never recorded; "
+                           "name the secret through an environment variable (e.g. url_env) and ingest it again", err=True)
+                continue
+            # Every spec is checked before any runs: a refused one leaves the index untouched.
+            runnable.append(connector_from_recorded(source_id, info, allow=allow or (), trust_unsigned=trust_specs))
+        for connector in runnable:
+            reports.append(kb.sync(connector, progress=not as_json))
     except RagLfmError as exc:
         _fail(exc)
     _emit({"index": index, "sources": [r.to_dict() for r in reports]}, as_json, "\n".join(r.summary() for r in reports))
@@ -124,13 +154,8 @@ def search(
     from rag_lfm.knowledge_base import KnowledgeBase
 
     try:
-        flt = None
-        if filter:
-            try:
-                flt = json.loads(filter)
-            except json.JSONDecodeError as exc:
-                raise RagLfmError(f"--filter {filter!r} is not valid JSON ({exc.msg}); e.g. --filter '{{\"topic\": \"History\"}}'") from None
-        kb = KnowledgeBase.open(index, verify=False)
+        flt = _parse_filter(filter)
+        kb = KnowledgeBase.open(index)  # sha256-checked, like every command: a modified file is never searched
         results = kb.search_batch(query, k=k, filter=flt)
     except RagLfmError as exc:
         _fail(exc)

@@ -40,15 +40,17 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import mysql
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
 
-from rag_lfm.errors import ConfigError, IndexFormatError
-from rag_lfm.filters import compile_filter, value_type
+from rag_lfm.errors import ConcurrentWriteError, ConfigError, FilterError, IndexFormatError
+from rag_lfm.filters import compile_filter, field_name_problem, value_type
+from rag_lfm.redaction import redact
 
 # MySQL's TEXT / BLOB stop at 64 KiB; long chunks and vectors need the LONG variants there.
 LongText = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 LongBlob = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
 _IN_BATCH = 5000  # ids per IN (...) clause: stays under every driver's parameter limit
+NO_CHECK = object()  # DocStore.apply(expect=NO_CHECK): no compare-and-set
 
 
 def doc_key(source_id: str, doc_id: str) -> str:
@@ -86,7 +88,7 @@ class DocStore:
             self.engine: Engine = create_engine(url, future=True, pool_pre_ping=True)
         except (ArgumentError, NoSuchModuleError) as exc:
             raise ConfigError(
-                f"doc store URL {url!r} is not a valid SQLAlchemy URL ({exc}); "
+                f"doc store URL {redact(url)!r} is not a valid SQLAlchemy URL ({redact(str(exc))}); "
                 "use e.g. sqlite:///path/docstore.sqlite or postgresql+psycopg://user@host/db "
                 "(PostgreSQL needs `pip install rag-lfm[postgres]`)"
             ) from exc
@@ -137,7 +139,7 @@ class DocStore:
         try:
             self.metadata.create_all(self.engine)
         except OperationalError as exc:
-            raise ConfigError(f"cannot reach the doc store at {self.safe_url}: {exc.orig}; check the URL, the server and its credentials") from exc
+            raise ConfigError(f"cannot reach the doc store at {self.safe_url}: {redact(str(exc.orig))}; check the URL, the server and its credentials") from None
 
     def drop_tables(self) -> None:
         self.metadata.drop_all(self.engine)
@@ -148,7 +150,7 @@ class DocStore:
         try:
             names = set(inspect(self.engine).get_table_names())
         except OperationalError as exc:
-            raise ConfigError(f"cannot reach the doc store at {self.safe_url}: {exc.orig}; check the URL and the server") from exc
+            raise ConfigError(f"cannot reach the doc store at {self.safe_url}: {redact(str(exc.orig))}; check the URL and the server") from None
         missing = [t.name for t in self.metadata.sorted_tables if t.name not in names]
         if missing:
             raise IndexFormatError(f"doc store {self.safe_url} lacks tables {missing}; it is not this index's doc store (prefix {self.prefix!r})")
@@ -158,50 +160,90 @@ class DocStore:
 
     @property
     def safe_url(self) -> str:
-        return self.engine.url.render_as_string(hide_password=True)
+        """The URL with its password and secret query parameters masked (for messages and manifests)."""
+        return redact(self.engine.url.render_as_string(hide_password=True))
+
+    def __repr__(self) -> str:
+        return f"DocStore({self.safe_url!r}, prefix={self.prefix!r})"
 
     # -- commit record -------------------------------------------------------------------
     def get_commit(self) -> dict[str, Any] | None:
+        raw = self.get_commit_raw()
+        return json.loads(raw) if raw is not None else None
+
+    def get_commit_raw(self) -> str | None:
+        """The commit record as stored (the JSON text a compare-and-set compares), or None."""
         with self.engine.connect() as conn:
             row = conn.execute(select(self.meta.c.value).where(self.meta.c.key == "commit")).first()
-        return json.loads(row[0]) if row else None
+        return row[0] if row else None
 
-    def apply(self, changes: ChangeSet, commit: dict[str, Any]) -> dict[str, int]:
+    @staticmethod
+    def encode_commit(commit: dict[str, Any]) -> str:
+        """The stored form of a commit record (deterministic, so a writer knows the value it committed)."""
+        return json.dumps(commit, sort_keys=True)
+
+    def apply(self, changes: ChangeSet, commit: dict[str, Any], *, expect: str | None | object = NO_CHECK) -> dict[str, int]:
         """Apply ``changes`` and record ``commit`` in one transaction (all or nothing).
 
         ``commit["counts"]`` is set to the document and chunk counts after the changes.
+        ``expect`` makes the transaction a compare-and-set: the stored record must still be
+        exactly ``expect`` (None: no record yet), else nothing is applied and
+        :class:`~rag_lfm.errors.ConcurrentWriteError` is raised. The record row is replaced
+        first, so concurrent committers queue on its row lock.
         """
-        with self.engine.begin() as conn:
-            for ids in _batches(changes.delete_chunk_ids):
-                conn.execute(delete(self.chunks).where(self.chunks.c.id.in_(ids)))
-            for keys in _batches(changes.delete_doc_keys):
-                conn.execute(delete(self.documents).where(self.documents.c.doc_key.in_(keys)))
-            if changes.upsert_docs:
-                keys = [d["doc_key"] for d in changes.upsert_docs]
-                for part in _batches(keys):
-                    conn.execute(delete(self.documents).where(self.documents.c.doc_key.in_(part)))
-                conn.execute(insert(self.documents), changes.upsert_docs)
-            if changes.add_chunks:
-                conn.execute(insert(self.chunks), changes.add_chunks)
-            if changes.fields:
-                known = dict(conn.execute(select(self.fields_table.c.name, self.fields_table.c.type)).all())
-                for name, ftype in changes.fields.items():
-                    if name not in known:
-                        conn.execute(insert(self.fields_table).values(name=name, type=ftype))
-                    elif known[name] != ftype and known[name] != "mixed":
-                        conn.execute(update(self.fields_table).where(self.fields_table.c.name == name).values(type="mixed"))
-            for source_id in changes.delete_sources:
-                conn.execute(delete(self.sources).where(self.sources.c.source_id == source_id))
-            for source_id, info in changes.sources.items():
-                conn.execute(delete(self.sources).where(self.sources.c.source_id == source_id))
-                conn.execute(insert(self.sources).values(source_id=source_id, info=info))
-            docs = conn.execute(select(func.count()).select_from(self.documents)).scalar_one()
-            chunks = conn.execute(select(func.count()).select_from(self.chunks)).scalar_one()
-            commit["counts"] = {"documents": int(docs), "chunks": int(chunks)}
-            value = json.dumps(commit, sort_keys=True)
-            if conn.execute(update(self.meta).where(self.meta.c.key == "commit").values(value=value)).rowcount == 0:
-                conn.execute(insert(self.meta).values(key="commit", value=value))
+        try:
+            with self.engine.begin() as conn:
+                if expect is not NO_CHECK:
+                    self._compare_and_lock(conn, expect, commit)
+                self._apply_changes(conn, changes)
+                docs = conn.execute(select(func.count()).select_from(self.documents)).scalar_one()
+                chunks = conn.execute(select(func.count()).select_from(self.chunks)).scalar_one()
+                commit["counts"] = {"documents": int(docs), "chunks": int(chunks)}
+                value = self.encode_commit(commit)
+                if conn.execute(update(self.meta).where(self.meta.c.key == "commit").values(value=value)).rowcount == 0:
+                    conn.execute(insert(self.meta).values(key="commit", value=value))
+        except IntegrityError as exc:
+            if expect is None and self.get_commit_raw() is not None:
+                raise ConcurrentWriteError(f"doc store {self.safe_url} (prefix {self.prefix!r}) was committed by another writer meanwhile") from exc
+            raise
         return commit["counts"]
+
+    def _compare_and_lock(self, conn: Any, expect: Any, commit: dict[str, Any]) -> None:
+        if expect is None:
+            if conn.execute(select(self.meta.c.key).where(self.meta.c.key == "commit")).first() is not None:
+                raise ConcurrentWriteError(f"doc store {self.safe_url} (prefix {self.prefix!r}) already holds a committed index")
+            return
+        # The provisional value differs from ``expect`` (a new generation or time), so rowcount
+        # counts a real change on every dialect.
+        provisional = self.encode_commit(commit | {"counts": commit.get("counts") or {}, "provisional": True})
+        q = update(self.meta).where(self.meta.c.key == "commit", self.meta.c.value == expect).values(value=provisional)
+        if conn.execute(q).rowcount != 1:
+            raise ConcurrentWriteError(f"the commit record of doc store {self.safe_url} changed since it was read")
+
+    def _apply_changes(self, conn: Any, changes: ChangeSet) -> None:
+        for ids in _batches(changes.delete_chunk_ids):
+            conn.execute(delete(self.chunks).where(self.chunks.c.id.in_(ids)))
+        for keys in _batches(changes.delete_doc_keys):
+            conn.execute(delete(self.documents).where(self.documents.c.doc_key.in_(keys)))
+        if changes.upsert_docs:
+            keys = [d["doc_key"] for d in changes.upsert_docs]
+            for part in _batches(keys):
+                conn.execute(delete(self.documents).where(self.documents.c.doc_key.in_(part)))
+            conn.execute(insert(self.documents), changes.upsert_docs)
+        if changes.add_chunks:
+            conn.execute(insert(self.chunks), changes.add_chunks)
+        if changes.fields:
+            known = dict(conn.execute(select(self.fields_table.c.name, self.fields_table.c.type)).all())
+            for name, ftype in changes.fields.items():
+                if name not in known:
+                    conn.execute(insert(self.fields_table).values(name=name, type=ftype))
+                elif known[name] != ftype and known[name] != "mixed":
+                    conn.execute(update(self.fields_table).where(self.fields_table.c.name == name).values(type="mixed"))
+        for source_id in changes.delete_sources:
+            conn.execute(delete(self.sources).where(self.sources.c.source_id == source_id))
+        for source_id, info in changes.sources.items():
+            conn.execute(delete(self.sources).where(self.sources.c.source_id == source_id))
+            conn.execute(insert(self.sources).values(source_id=source_id, info=info))
 
     # -- reads ---------------------------------------------------------------------------
     def counts(self) -> tuple[int, int]:
@@ -322,18 +364,30 @@ class DocStore:
 
     def filter_ids(self, flt: dict[str, Any]) -> np.ndarray:
         """Ids of the chunks whose document matches the filter (parameterised SQL)."""
-        clause = compile_filter(flt, self.documents, self.fields())
+        clause = compile_filter(flt, self.documents, self.fields(), dialect=self.engine.dialect.name)
         q = select(self.chunks.c.id).join(self.documents, self.documents.c.doc_key == self.chunks.c.doc_key).where(clause)
-        with self.engine.connect() as conn:
-            return np.fromiter((r[0] for r in conn.execute(q)), dtype=np.int64)
+        try:
+            with self.engine.connect() as conn:
+                return np.fromiter((r[0] for r in conn.execute(q)), dtype=np.int64)
+        except DBAPIError as exc:
+            # The driver's own words, without the SQL text SQLAlchemy appends (it is ours, not the user's).
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
+            raise FilterError(
+                f"the doc store ({self.engine.dialect.name}) could not run this filter: {redact(reason)}; "
+                "make it smaller (fewer conditions or $in values) or split it into several searches"
+            ) from None
 
 
 def metadata_fields(meta: dict[str, Any]) -> dict[str, str]:
-    """The filterable fields of one document's metadata and their types."""
+    """The filterable fields of one document's metadata and their types.
+
+    Keys no SQL backend can address the same way (see :func:`~rag_lfm.filters.field_name_problem`)
+    stay in the metadata but are not filterable.
+    """
     out = {}
     for key, value in meta.items():
         vt = value_type(value)
-        if vt is not None:
+        if vt is not None and isinstance(key, str) and field_name_problem(key) is None:
             out[key] = vt
     return out
 

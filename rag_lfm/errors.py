@@ -35,3 +35,18 @@ class FilterError(RagLfmError, ValueError):
 
 class SourceError(RagLfmError):
     """A connector could not read its source at all (not one bad record: the whole source)."""
+
+
+class ConcurrentWriteError(ConfigError):
+    """Another writer holds the index's write lock past the timeout, or committed under a stale handle.
+
+    A subclass of :class:`ConfigError` because it used to be raised as one.
+    """
+
+
+class TrustError(RagLfmError, PermissionError):
+    """Something read from an index directory (a source spec) is not trusted to run; the message says how to allow it."""
+
+
+class NetworkPolicyError(RagLfmError, PermissionError):
+    """A URL resolves to an address the web connector's network policy denies (loopback, private ...)."""

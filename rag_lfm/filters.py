@@ -16,10 +16,19 @@ of the field's type (str, num, bool), or it is rejected with the known fields/ty
 
 The matching chunk ids restrict the FAISS search itself (an IDSelector), so a
 selective filter still yields k hits when k documents match.
+
+Limits, so that a hostile or generated filter gets a clear error rather than a
+RecursionError or a driver error: at most ``MAX_DEPTH`` levels of nesting,
+``MAX_CONDITIONS`` field conditions and ``MAX_VALUES`` values in all. A field name
+holding a double quote or starting with ``-`` cannot be addressed by the JSON paths of
+every SQL backend (SQLite, MariaDB), and one starting with ``$`` reads as an operator, so
+these are refused on every backend, with the fix;
+other names (dots, spaces, quotes, non-ASCII) are escaped and work everywhere.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from sqlalchemy import Table, and_, false, not_, or_, true
@@ -29,6 +38,28 @@ from rag_lfm.errors import FilterError
 
 OPS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin")
 RESERVED = {"_source": "str", "_doc_id": "str"}
+MAX_DEPTH = 32  # nesting levels of $and / $or / $not and field conditions
+MAX_CONDITIONS = 256  # field comparisons in one filter (SQLite parses a long OR chain as a deep tree)
+MAX_VALUES = 30_000  # values bound in one filter, under every driver's parameter limit (SQLite: 32,766)
+MAX_FIELD_LENGTH = 255  # the fields table's name column
+
+
+def field_name_problem(name: str) -> str | None:
+    """Why metadata key ``name`` cannot be a filter field on every backend, or None when it can.
+
+    Example:
+        >>> field_name_problem("year") is None, field_name_problem('a"b') is not None
+        (True, True)
+    """
+    if '"' in name:
+        return "it holds a double quote, which SQLite's JSON paths cannot address"
+    if name.startswith("-"):
+        return "it starts with '-', which MariaDB's JSON paths cannot address"
+    if name.startswith("$"):
+        return "it starts with '$', which marks operators in filters"
+    if len(name) > MAX_FIELD_LENGTH:
+        return f"it is longer than {MAX_FIELD_LENGTH} characters"
+    return None
 
 
 def value_type(value: Any) -> str | None:
@@ -42,29 +73,73 @@ def value_type(value: Any) -> str | None:
     return None
 
 
-def compile_filter(flt: dict[str, Any], documents: Table, fields: dict[str, str]) -> ColumnElement[bool]:
+def check_size(flt: Any) -> None:
+    """Reject a filter deeper than MAX_DEPTH or with more than MAX_CONDITIONS / MAX_VALUES (iteratively: no recursion)."""
+    conditions = values = 0
+    stack: list[tuple[Any, int]] = [(flt, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise FilterError(f"filter is nested more than {MAX_DEPTH} levels deep; flatten it (several keys at one level are ANDed, $in replaces long $or chains)")
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if isinstance(key, str) and key in ("$and", "$or", "$not"):
+                    stack.extend((v, depth + 1) for v in (value if isinstance(value, list) else [value]))
+                elif isinstance(key, str) and not key.startswith("$"):
+                    conditions += 1
+                    if isinstance(value, dict):
+                        stack.append((value, depth + 1))
+                    else:
+                        values += 1
+                else:
+                    values += len(value) if isinstance(value, (list, tuple)) else 1
+        elif isinstance(node, (list, tuple)):
+            values += len(node)
+        if conditions > MAX_CONDITIONS:
+            raise FilterError(f"filter has more than {MAX_CONDITIONS} field conditions; use $in with a list of values instead of long $or chains, or split the search")
+        if values > MAX_VALUES:
+            raise FilterError(f"filter holds more than {MAX_VALUES} values; split it into several searches")
+
+
+def compile_filter(flt: dict[str, Any], documents: Table, fields: dict[str, str], *, dialect: str = "sqlite") -> ColumnElement[bool]:
     """Compile ``flt`` to a SQLAlchemy boolean clause over the ``documents`` table.
 
     ``fields`` maps each known metadata field to its type ('str', 'num', 'bool', or
-    'mixed' when documents disagree).
+    'mixed' when documents disagree); ``dialect`` is the SQL backend's name (JSON paths
+    are escaped for it).
     """
+    if not isinstance(flt, dict):
+        raise FilterError(f"a filter must be a dict like {{'topic': 'History'}}, got {type(flt).__name__}: {flt!r}")
+    check_size(flt)
+    return _compile(flt, documents, fields, dialect)
+
+
+def _compile(flt: Any, documents: Table, fields: dict[str, str], dialect: str) -> ColumnElement[bool]:
     if not isinstance(flt, dict):
         raise FilterError(f"a filter must be a dict like {{'topic': 'History'}}, got {type(flt).__name__}: {flt!r}")
     if not flt:
         return true()
-    return and_(*[_clause(key, value, documents, fields) for key, value in flt.items()])
+    return and_(*[_clause(key, value, documents, fields, dialect) for key, value in flt.items()])
 
 
-def _clause(key: str, value: Any, documents: Table, fields: dict[str, str]) -> ColumnElement[bool]:
+def _clause(key: str, value: Any, documents: Table, fields: dict[str, str], dialect: str) -> ColumnElement[bool]:
+    if not isinstance(key, str):
+        raise FilterError(f"filter keys must be field names or operators (str), got {type(key).__name__}: {key!r}")
     if key in ("$and", "$or"):
         if not isinstance(value, list) or not value:
             raise FilterError(f"{key} takes a non-empty list of filters, got {value!r}")
-        parts = [compile_filter(v, documents, fields) for v in value]
+        parts = [_compile(v, documents, fields, dialect) for v in value]
         return and_(*parts) if key == "$and" else or_(*parts)
     if key == "$not":
-        return not_(compile_filter(value, documents, fields))
+        return not_(_compile(value, documents, fields, dialect))
     if key.startswith("$"):
-        raise FilterError(f"unknown filter operator {key!r} at the top level; use $and, $or, $not or a field name")
+        raise FilterError(f"unknown filter operator {key!r} at the top level; use $and, $or, $not or a field name (metadata keys starting with '$' cannot be filtered)")
+    problem = field_name_problem(key) if key not in RESERVED else None
+    if problem is not None:
+        raise FilterError(
+            f"filter field {key!r} cannot be filtered: {problem}; rename the metadata key at ingest "
+            "(e.g. replace the quote by '_'), so that it filters the same on every SQL backend"
+        )
     ftype = RESERVED.get(key) or fields.get(key)
     if ftype is None:
         known = ", ".join(sorted(fields)) or "(none yet)"
@@ -75,7 +150,7 @@ def _clause(key: str, value: Any, documents: Table, fields: dict[str, str]) -> C
         value = {"$eq": value}
     if not value:
         raise FilterError(f"filter on {key!r} has an empty condition {{}}; use e.g. {{'$eq': ...}}")
-    column = _column(key, ftype, documents)
+    column = _column(key, ftype, documents, dialect)
     parts = []
     for op, operand in value.items():
         if op not in OPS:
@@ -115,12 +190,15 @@ def _check_type(key: str, ftype: str, op: str, value: Any) -> None:
         )
 
 
-def _column(key: str, ftype: str, documents: Table) -> Any:
+def _column(key: str, ftype: str, documents: Table, dialect: str) -> Any:
     if key == "_source":
         return documents.c.source_id
     if key == "_doc_id":
         return documents.c.doc_id
-    element = documents.c.meta[key]
+    # SQLite and MySQL/MariaDB address a key through a JSON path ('$."key"') matched against the
+    # stored JSON text, where json.dumps escaped it (quotes, backslashes, non-ASCII): escape the
+    # same way. PostgreSQL takes the key itself as an operand.
+    element = documents.c.meta[key if dialect == "postgresql" else json.dumps(key)[1:-1]]
     if ftype == "num":
         return element.as_float()
     if ftype == "bool":

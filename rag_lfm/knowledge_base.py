@@ -7,16 +7,23 @@ metadata filter's ids inside the search) -> hits with text and metadata.
 
 On disk (see ../DESIGN.md)::
 
-    manifest.json        format version, embedder, index factory, counts, sha256 of index files
-    index-<gen>.faiss    the vector index of commit <gen> (immutable once written)
-    docstore.sqlite      documents, chunks, stored vectors, and the commit record
+    manifest.json             a copy of the commit record (format, embedder, index factory, counts,
+                              sha256 of the index and side files) and where the doc store is
+    index-<gen>-<tag>.faiss   the vector index of commit <gen> (immutable once written)
+    docstore.sqlite           documents, chunks, stored vectors, and the commit record
 
-A commit writes ``index-<gen+1>.*`` beside the old files, then records generation
-gen+1 and the files' sha256 in the doc store in the same transaction as the document
-changes (the commit point), then rewrites manifest.json, then removes older files. A
-crash before the doc store transaction leaves gen (the orphan file is removed at the
-next write); a crash after it is rolled forward when the index is opened. Readers
-only ever load immutable files named by a committed record.
+Concurrency and safety (the protocol lives in :mod:`rag_lfm.commit`, whose docstring
+states the model in full): one writer at a time per index across processes (a file
+lock held for a whole ingest, sync or delete; a second writer waits); a writer first
+rolls its handle forward to the committed generation, and its commit is a
+compare-and-set on the commit record, so a stale handle never commits an index built
+from an old state; each commit writes new immutable files, then records them with
+their sha256 in the doc store in the same transaction as the document changes (the
+commit point), then rewrites manifest.json. Readers take no lock and never write: they
+load only files the committed record names, check their sha256, retry when a commit
+replaced them meanwhile, and roll forward in memory before each search when another
+process committed. Files beside the index (e.g. a BM25 sidecar, adapters) are bound to
+the record with :meth:`KnowledgeBase.commit_side_files` and read back verified.
 
 Example:
     >>> from rag_lfm import KnowledgeBase, Files                     # doctest: +SKIP
@@ -29,10 +36,8 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
-import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -41,21 +46,33 @@ from typing import Any
 
 import numpy as np
 
-from rag_lfm.atomic import sha256_file, write_json
 from rag_lfm.chunking import Chunker
+from rag_lfm.commit import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    PASSWORD_ENV,
+    SQLITE_NAME,
+    IndexDirectory,
+    bound_config,
+    docstore_url,
+    empty_record,
+    interrupted_create,
+    manifest_from,
+    read_json,
+    read_manifest,
+    sqlite_url,
+)
 from rag_lfm.connectors.base import Connector
 from rag_lfm.docstore import ChangeSet, DocStore, doc_key, metadata_fields
 from rag_lfm.embedders import embedder_config, embedder_from_config, make_embedder
 from rag_lfm.errors import ConfigError, EmbedderMismatchError, IndexFormatError, SourceError
 from rag_lfm.index import FaissBackend, TorchExactBackend, auto_factory, faiss_gpu_count
+from rag_lfm.redaction import redact
 from rag_lfm.types import Document, Hit, Skipped
 
-FORMAT = "rag-lfm-index"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-SQLITE_NAME = "docstore.sqlite"
 COMPACT_MASKED_SHARE = 0.2  # rebuild an index that cannot remove ids once this share is masked
-_PASSWORD_IN_URL = re.compile(r"^([a-zA-Z][\w+.-]*://[^:/@\s]+:)([^@\s]+)(@)")
+SEARCH_ATTEMPTS = 3  # searches redone when a commit lands between the index search and the doc store read
 EXACT_FILTER_LIMIT = 4096  # a filter matching at most this many chunks is scored exactly from stored vectors
 EXACT_FACTORIES = ("IDMap2,Flat", "IDMap,Flat", "torch-exact")  # searched exhaustively: a selector never starves them
 
@@ -105,7 +122,10 @@ class KnowledgeBase:
     Use :meth:`create` or :meth:`open` (or :meth:`open_or_create`), not the constructor.
     """
 
-    def __init__(self, path: Path, manifest: dict[str, Any], embedder: Any, docstore: DocStore, index: Any) -> None:
+    def __init__(
+        self, path: Path, manifest: dict[str, Any], embedder: Any, docstore: DocStore, index: Any,
+        *, directory: IndexDirectory | None = None, open_options: dict[str, Any] | None = None,
+    ) -> None:
         self.path = path
         self.manifest = manifest
         self.embedder = embedder
@@ -113,6 +133,9 @@ class KnowledgeBase:
         self.index = index
         self._chunker: Chunker | None = None
         self._retriever: Any = None
+        # The commit protocol (lock, compare-and-set commits, verified loads): see rag_lfm.commit.
+        self._dir = directory or IndexDirectory(Path(path), docstore)
+        self._open_options = dict(open_options or {"mmap": False, "device": "auto", "verify": True})
 
     @property
     def chunker(self) -> Chunker:
@@ -159,7 +182,9 @@ class KnowledgeBase:
             backend: ``"faiss"``, ``"torch"`` (exact search with torch, e.g. on a GPU without faiss-gpu),
                 or ``"auto"`` (torch when torch sees a GPU and faiss has none).
             metric: ``"ip"`` (cosine for normalised embedders) or ``"l2"``.
-            docstore: a SQLAlchemy URL; default a SQLite file inside the directory.
+            docstore: a SQLAlchemy URL; default a SQLite file inside the directory. A password in it
+                is used now but never written: manifest.json keeps ``***``, and :meth:`open` takes
+                the password from ``$RAG_LFM_DOCSTORE_PASSWORD`` (or the full URL from ``docstore=``).
             chunk_size: tokens per chunk (default: the embedder's limit, at most 256).
             chunk_overlap: tokens shared by consecutive chunks.
             embedder_backend: ``"auto"`` (the fastest backend on this machine that keeps the model's
@@ -170,22 +195,28 @@ class KnowledgeBase:
                 dict for :meth:`rag_lfm.retrieval.Retriever.from_config`. Recorded in the manifest.
         """
         root = Path(path)
-        if (root / MANIFEST).exists():
+        if (root / MANIFEST).exists() and not interrupted_create(root):
             raise ConfigError(f"{root} already holds an index; open it with KnowledgeBase.open({str(root)!r}) or choose another path")
         if root.exists() and not root.is_dir():
             raise ConfigError(f"index path {root} is a file; pass a directory path")
         if backend not in ("faiss", "torch", "auto"):
             raise ConfigError(f"backend={backend!r} must be 'faiss', 'torch' or 'auto'")
+        if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1):
+            raise ConfigError(f"chunk_size={chunk_size!r} must be a positive number of tokens (or None for the embedder's limit, at most 256)")
         if backend == "auto":
             backend = "torch" if _torch_cuda() and faiss_gpu_count() == 0 else "faiss"
         emb = make_embedder(embedder, device=device, backend=embedder_backend) if isinstance(embedder, str) else make_embedder(embedder)
         size = chunk_size or min(256, emb.max_tokens - 2)
         Chunker(None, size=size, overlap=chunk_overlap)  # validates size/overlap before anything is written
         root.mkdir(parents=True, exist_ok=True)
-        store = DocStore(docstore or _sqlite_url(root), prefix=table_prefix)
+        store = DocStore(docstore or sqlite_url(root), prefix=table_prefix)
         store.create_tables()
         if store.get_commit() is not None:
-            raise ConfigError(f"doc store {store.safe_url} with prefix {table_prefix!r} already holds an index; pass another table_prefix")
+            if (root / MANIFEST).exists() or not empty_record(store):
+                raise ConfigError(f"doc store {store.safe_url} with prefix {table_prefix!r} already holds an index; pass another table_prefix")
+            # An interrupted create by an older rag-lfm (committed, manifest never written): nothing to keep.
+            store.drop_tables()
+            store.create_tables()
         factory = auto_factory(0) if index == "auto" else index
         retriever_cfg = _retriever_config(retriever)
         dim = int(emb.dim)
@@ -196,15 +227,19 @@ class KnowledgeBase:
             "metric": metric,
             "index": {"spec": index, "factory": factory, "backend": backend},
             "chunking": {"size": size, "overlap": chunk_overlap},
-            "docstore": {"url": docstore, "prefix": table_prefix},
+            "docstore": {"url": redact(docstore) if docstore else None, "prefix": table_prefix},
             "retriever": retriever_cfg,
             "generation": 0,
             "files": {},
+            "side_files": {},
             "counts": {"documents": 0, "chunks": 0},
             "created_at": time.time(),
         }
-        kb = cls(root, manifest, emb, store, cls._new_backend(manifest, dim, device))
-        with kb._write_lock():
+        kb = cls(root, manifest, emb, store, cls._new_backend(manifest, dim, device), open_options={"mmap": False, "device": device, "verify": True})
+        with kb._dir.write_lock():
+            # manifest.json first (generation 0): a crash before the first commit leaves a directory
+            # that open() reports as interrupted and create() overwrites, never a doc store without a manifest.
+            kb._dir.write_manifest(manifest)
             kb._commit(ChangeSet(), rebuild=False)
         return kb
 
@@ -218,35 +253,39 @@ class KnowledgeBase:
         embedder_backend: str | None = None,
         mmap: bool = False,
         verify: bool = True,
+        docstore: str | None = None,
     ) -> KnowledgeBase:
-        """Open an existing index directory.
+        """Open an existing index directory (reads only: it never writes to the directory).
 
         Args:
             embedder: optional override (name or object); must match the recorded name and dimension.
             embedder_backend: run the recorded model with another backend (e.g. ``"onnx-int8"``).
             mmap: memory-map the FAISS file instead of reading it (large indexes, read-only use).
             verify: check the sha256 of the index files against the commit record.
+            docstore: the doc store URL with its password, when the recorded one had a password
+                (recorded as ``***``); else the password comes from ``$RAG_LFM_DOCSTORE_PASSWORD``.
         """
         root = Path(path)
-        manifest = _read_manifest(root)
+        manifest = read_manifest(root)
         dstore = manifest["docstore"]
-        store = DocStore(dstore["url"] or _sqlite_url(root), prefix=dstore["prefix"])
-        store.check_tables()
-        commit = store.get_commit()
-        if commit is None:
-            raise IndexFormatError(f"{root}: its doc store has no commit record; the index was never completed, create it again")
-        if commit["generation"] != manifest["generation"]:
-            # A crash after the doc store committed but before manifest.json was rewritten: roll forward.
-            manifest.update({k: commit[k] for k in ("generation", "files", "counts", "updated_at")})
-            manifest["index"]["factory"] = commit["factory"]
-            write_json(root / MANIFEST, manifest)
-        if verify:
-            for name, digest in commit["files"].items():
-                f = root / name
-                if not f.exists():
-                    raise IndexFormatError(f"{root}: index file {name} is missing; restore it or rebuild the index")
-                if sha256_file(f) != digest:
-                    raise IndexFormatError(f"{root}: index file {name} fails its sha256 check (truncated or modified); restore it or rebuild the index")
+        store = DocStore(docstore_url(root, dstore, docstore), prefix=dstore["prefix"])
+        try:
+            store.check_tables()
+        except IndexFormatError:
+            if int(manifest.get("generation", 0)) == 0:
+                store.dispose()
+                raise IndexFormatError(
+                    f"{root}: its creation was interrupted before the first commit; create it again: "
+                    f"KnowledgeBase.create({str(root)!r}) or `rag-lfm ingest SOURCE --index {root}`"
+                ) from None
+            raise
+        directory = IndexDirectory(root, store)
+        options = {"mmap": mmap, "device": device, "verify": verify}
+        try:
+            _, manifest, index = directory.load(manifest, lambda f, m: cls._load_backend(f, m, mmap=mmap, device=device), verify=verify)
+        except BaseException:
+            store.dispose()
+            raise
         emb = embedder_from_config(manifest["embedder"], device=device, backend=embedder_backend)
         if embedder is not None:
             given = make_embedder(embedder, device=device) if isinstance(embedder, str) else make_embedder(embedder)
@@ -257,16 +296,19 @@ class KnowledgeBase:
                     "open it without an embedder argument, or build a new index for this embedder"
                 )
             emb = given
-        index = cls._load_backend(root, manifest, mmap=mmap, device=device)
         if int(getattr(index, "dim", manifest["embedder"]["dim"])) != int(manifest["embedder"]["dim"]):
             raise IndexFormatError(f"{root}: the index file has dimension {index.dim} but the manifest says {manifest['embedder']['dim']}")
-        return cls(root, manifest, emb, store, index)
+        return cls(root, manifest, emb, store, index, directory=directory, open_options=options)
 
     @classmethod
     def open_or_create(cls, path: str | os.PathLike[str], **create_kwargs: Any) -> KnowledgeBase:
-        """Open ``path`` if it holds an index, else create one with ``create_kwargs``."""
-        if (Path(path) / MANIFEST).exists():
-            return cls.open(path, device=create_kwargs.get("device", "auto"))
+        """Open ``path`` if it holds an index, else create one with ``create_kwargs``.
+
+        A directory whose creation was interrupted (a crash before its first commit) is created again.
+        """
+        root = Path(path)
+        if (root / MANIFEST).exists() and not interrupted_create(root):
+            return cls.open(path, device=create_kwargs.get("device", "auto"), docstore=create_kwargs.get("docstore"))
         return cls.create(path, **create_kwargs)
 
     @staticmethod
@@ -277,17 +319,69 @@ class KnowledgeBase:
         return FaissBackend(dim, factory or idx["factory"], metric=manifest["metric"], nprobe=idx.get("nprobe"))
 
     @staticmethod
-    def _load_backend(root: Path, manifest: dict[str, Any], *, mmap: bool, device: str) -> Any:
-        f = root / f"index-{manifest['generation']}.faiss"
+    def _load_backend(f: Path, manifest: dict[str, Any], *, mmap: bool, device: str) -> Any:
         if manifest["index"]["backend"] == "torch":
             return TorchExactBackend.load(f, metric=manifest["metric"], device=device)
         return FaissBackend.load(f, factory=manifest["index"]["factory"], metric=manifest["metric"], mmap=mmap, nprobe=manifest["index"].get("nprobe"))
 
     def reload(self) -> None:
-        """Reload the last committed state (after another process wrote, or after a failed write)."""
-        fresh = KnowledgeBase.open(self.path, embedder=self.embedder, verify=False)
-        self.manifest, self.index = fresh.manifest, fresh.index
-        fresh.docstore.dispose()
+        """Reload the last committed state (after another process wrote, or after a failed write); checks sha256."""
+        opts = self._open_options
+        _, manifest, index = self._dir.load(
+            self.manifest, lambda f, m: self._load_backend(f, m, mmap=opts["mmap"], device=opts["device"]), verify=opts["verify"]
+        )
+        self.manifest, self.index = manifest, index
+
+    def _refresh(self) -> bool:
+        """Roll forward in memory when another handle committed since this one loaded; True when it did."""
+        record = self._dir.refresh()
+        if record is None:
+            return False
+        current = self._dir.record
+        if current is not None and (record.index_base, record.files) == (current.index_base, current.files):
+            # Only doc store rows or side files changed: the loaded index is still the committed one.
+            config = record.config if record.config is not None else bound_config(self.manifest)
+            self.manifest = manifest_from(record, config, self.manifest["docstore"])
+            self._dir.record = record
+            return True
+        self.reload()
+        return True
+
+    @contextlib.contextmanager
+    def write_lock(self) -> Iterator[None]:
+        """Hold the index's write lock (one writer at a time across processes), rolled forward.
+
+        Inside, this handle is at the committed generation and no other writer can commit;
+        manifest.json is rewritten when it lags the record, and files of crashed writes are
+        removed. Ingest, sync and delete take it themselves; take it to commit side files.
+
+        Example:
+            >>> with kb.write_lock():                                           # doctest: +SKIP
+            ...     kb.commit_side_files(digest_files(kb.path, "adapters/q"))
+        """
+        with self._dir.write_lock():
+            if self._dir.locked and self._dir._lock_depth == 1:
+                self._refresh()
+                if read_json(self.path / MANIFEST) != self.manifest:
+                    self._dir.write_manifest(self.manifest)  # roll forward (or migrate) manifest.json: writers only
+                self._dir.remove_unreferenced()
+            yield
+
+    _write_lock = write_lock  # the name used before the commit protocol moved to rag_lfm.commit
+
+    @property
+    def writing(self) -> bool:
+        """True inside this handle's :meth:`write_lock`: it may write and commit side files."""
+        return bool(self._dir.locked)
+
+    @property
+    def lock_timeout_s(self) -> float:
+        """Seconds a write waits for another writer's lock before ConcurrentWriteError (default 60)."""
+        return self._dir.lock_timeout_s
+
+    @lock_timeout_s.setter
+    def lock_timeout_s(self, value: float) -> None:
+        self._dir.lock_timeout_s = float(value)
 
     def close(self) -> None:
         self.docstore.dispose()
@@ -360,7 +454,7 @@ class KnowledgeBase:
                     self._ingest_batch(batch, source_id, report)
                     bar.update(len(batch))
             except Exception as exc:
-                report.error = f"{type(exc).__name__}: {exc}"
+                report.error = redact(f"{type(exc).__name__}: {exc}")
                 report.seconds = time.perf_counter() - t0
                 bar.close()
                 if isinstance(exc, (SourceError, ConfigError)):
@@ -458,17 +552,18 @@ class KnowledgeBase:
 
     # -- commit --------------------------------------------------------------------------
     def _commit(self, changes: ChangeSet, *, rebuild: bool = True) -> None:
-        gen = self.generation + 1
+        """Commit ``changes`` with the in-memory index as the next generation (see rag_lfm.commit)."""
         if rebuild:
             _, n_chunks = self.docstore.counts()
             self._maybe_rebuild(n_chunks + len(changes.add_chunks) - len(changes.delete_chunk_ids), changes)
-        files = self.index.save(self.path / f"index-{gen}.faiss")
-        commit = {"generation": gen, "files": {f.name: sha256_file(f) for f in files}, "factory": self.index.factory, "updated_at": time.time()}
-        self.docstore.apply(changes, commit)  # the commit point; fills commit["counts"]
-        self.manifest.update({k: commit[k] for k in ("generation", "files", "counts", "updated_at")})
         self.manifest["index"]["factory"] = self.index.factory
-        write_json(self.path / MANIFEST, self.manifest)
-        self._remove_stale_files()
+        self._finish(self._dir.commit(changes, config=bound_config(self.manifest), index=self.index))
+
+    def _finish(self, record: Any) -> None:
+        """After a commit point: the handle's manifest follows the record; manifest.json and old files follow."""
+        self.manifest = manifest_from(record, record.config, self.manifest["docstore"])
+        self._dir.write_manifest(self.manifest)
+        self._dir.remove_unreferenced()
 
     def _maybe_rebuild(self, n_chunks: int, changes: ChangeSet) -> None:
         """Switch the auto index type when the collection crosses a size threshold; compact masked ids."""
@@ -495,25 +590,6 @@ class KnowledgeBase:
         fresh.add(all_ids, all_vecs)
         self.index = fresh
 
-    def _remove_stale_files(self) -> None:
-        keep = set(self.manifest["files"]) | {MANIFEST}
-        for f in self.path.iterdir():
-            if (f.name.startswith("index-") or f.name.startswith(".index-")) and f.name not in keep:
-                f.unlink(missing_ok=True)
-
-    @contextlib.contextmanager
-    def _write_lock(self) -> Iterator[None]:
-        """One writer per index directory at a time (readers need no lock)."""
-        with open(self.path / ".lock", "w") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise ConfigError(f"{self.path} is being written by another process; wait for it to finish") from None
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
-
     # -- delete --------------------------------------------------------------------------
     def delete(self, doc_ids: Sequence[str] = (), *, source: str | None = None) -> int:
         """Delete documents by id (in ``source``, or in every source), or every document of ``source``.
@@ -522,6 +598,13 @@ class KnowledgeBase:
         """
         if isinstance(doc_ids, str):
             doc_ids = [doc_ids]
+        with self._write_lock():  # the ids to delete are read under the lock too: one consistent state
+            n = self._delete(list(doc_ids), source)
+            if n:
+                self._refresh_sidecars()
+            return n
+
+    def _delete(self, doc_ids: list[str], source: str | None) -> int:
         sources = self.docstore.source_infos()
         all_sources = set(sources) | set(self.docstore.source_counts())
         if source is not None and source not in all_sources:
@@ -539,10 +622,7 @@ class KnowledgeBase:
             raise ConfigError("delete() needs document ids or a source; to delete everything, remove the index directory")
         if not keys:
             return 0
-        with self._write_lock():
-            n = self._delete_keys(keys, whole_source=source if not doc_ids else None)
-            self._refresh_sidecars()
-            return n
+        return self._delete_keys(keys, whole_source=source if not doc_ids else None)
 
     def _delete_keys(self, keys: list[str], *, whole_source: str | None = None) -> int:
         changes = ChangeSet(delete_doc_keys=keys, delete_chunk_ids=self.docstore.chunk_ids_of_docs(keys))
@@ -559,24 +639,80 @@ class KnowledgeBase:
 
     def _record_source(self, source_id: str, connector: Any, report: IngestReport) -> None:
         # The spec lets `rag-lfm sync` rebuild this connector later; "name" keeps its source id.
+        from rag_lfm.connectors.spec import sign_spec
+
         describe = getattr(connector, "describe", None)
         spec = getattr(connector, "spec", None) or (describe() if callable(describe) else None)
+        info: dict[str, Any] = {"type": type(connector).__name__}
         if isinstance(spec, dict):
-            # Never store a password in the doc store: specs should name it through url_env.
-            spec = {k: _PASSWORD_IN_URL.sub(r"\1***\3", v) if isinstance(v, str) else v for k, v in spec.items()} | {"name": source_id}
-        info = {
-            "type": type(connector).__name__,
-            "spec": spec,
+            spec = json.loads(json.dumps(spec | {"name": source_id}, default=str))
+            safe = redact(spec)
+            if safe != spec:
+                # A secret is never stored; the masked spec is kept for people, and sync won't run it.
+                info["spec"], info["spec_redacted"] = safe, True
+            else:
+                info["spec"] = spec
+                signature = sign_spec(spec)
+                if signature is not None:
+                    info["spec_signature"] = signature
+        else:
+            info["spec"] = None
+        info |= {
             "last_sync": time.time(),
-            "last_report": {k: v for k, v in report.to_dict().items() if k not in ("failed",)} | {"failed": len(report.failed)},
+            "last_report": redact({k: v for k, v in report.to_dict().items() if k not in ("failed",)} | {"failed": len(report.failed)}),
         }
         changes = ChangeSet(sources={source_id: json.loads(json.dumps(info, default=str))})
         self._commit_small(changes)
 
     def _commit_small(self, changes: ChangeSet) -> None:
         """Record doc-store-only changes (no vector changes) under the current generation's files."""
-        commit = {k: self.manifest[k] for k in ("generation", "files")} | {"factory": self.index.factory, "updated_at": time.time()}
-        self.docstore.apply(changes, commit)
+        self._finish(self._dir.commit(changes, config=bound_config(self.manifest)))
+
+    # -- side files ----------------------------------------------------------------------
+    @property
+    def side_files(self) -> dict[str, str]:
+        """The committed side files: ``{path relative to the index directory: sha256}``."""
+        return dict(self.manifest.get("side_files") or {})
+
+    def commit_side_files(self, side_files: dict[str, str | None], *, config: dict[str, Any] | None = None) -> None:
+        """Bind side files (and optionally manifest keys) to a new commit record, under the write lock.
+
+        Args:
+            side_files: ``{relative path: sha256}`` to add or replace (the files must already be
+                written; :func:`rag_lfm.commit.digest_files` computes the digests), ``{path: None}``
+                to remove an entry (its file is deleted after the commit). Others are kept.
+            config: top-level manifest keys to add or replace (``None`` removes one), e.g. a
+                retriever configuration. The keys of the index itself (embedder, metric, index,
+                chunking, format, docstore) cannot be changed this way.
+
+        Example:
+            >>> from rag_lfm.commit import digest_files
+            >>> with kb.write_lock():                                   # doctest: +SKIP
+            ...     save_adapter(kb.path / "adapters" / "q")
+            ...     kb.commit_side_files(digest_files(kb.path, "adapters/q"), config={"adapter": "q"})
+        """
+        if not self._dir.locked:
+            raise ConfigError("commit_side_files() must run inside `with kb.write_lock():` (the files are written under the same lock)")
+        merged = bound_config(self.manifest)
+        for key, value in (config or {}).items():
+            if key in _FIXED_KEYS or key in ("docstore", "generation", "files", "side_files", "counts", "format_version"):
+                raise ConfigError(f"config key {key!r} belongs to the index itself and cannot be changed by commit_side_files(); valid: any other top-level name, e.g. 'retriever'")
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = value
+        self._finish(self._dir.commit(ChangeSet(), config=merged, side_files=side_files))
+
+    def read_side_file(self, rel: str) -> bytes:
+        """The bytes of committed side file ``rel``, verified against its sha256 in the commit record."""
+        self._refresh()
+        return self._dir.read_side_file(rel)
+
+    def side_folder(self, rel: str) -> Path:
+        """``path / rel`` after checking every committed side file under it (for loaders that take a folder)."""
+        self._refresh()
+        self._dir.verify_side_files(rel)
+        return self.path / rel
 
     # -- search --------------------------------------------------------------------------
     def search(
@@ -595,36 +731,50 @@ class KnowledgeBase:
         self, queries: Sequence[str], k: int = 10, *, filter: dict[str, Any] | None = None, method: str | None = None
     ) -> list[list[Hit]]:
         """Search many queries at once (one embedding pass, one index search); see :meth:`search`."""
-        if isinstance(queries, str):
-            raise ConfigError("search_batch() takes a list of queries, got one str; use search() or wrap it in a list")
+        queries = check_queries(queries)
         if method not in (None, "dense"):
             raise ConfigError(f"method {method!r} is not valid here; use None (the index's retriever) or 'dense', "
                               "or build a rag_lfm.retrieval.Retriever for other methods")
         if not queries:
             return []
         if method is None and self.manifest.get("retriever", {}).get("method", "hybrid") != "dense":
-            return self.retriever.search_batch(list(queries), k, filter=filter)
+            return self.retriever.search_batch(list(queries), k, filter=filter)  # retries a racing commit itself
         qvecs = self.embedder.encode(list(queries), kind="query")
-        scores, ids = self.search_vectors(qvecs, k, filter=filter)
-        return self.hits(scores, ids)
+        for _ in range(SEARCH_ATTEMPTS):
+            scores, ids = self.search_vectors(qvecs, k, filter=filter)
+            hits = self.hits(scores, ids)
+            # A chunk the doc store no longer has: a commit landed between the index search and the
+            # doc store read. Search again from the new commit rather than return fewer than k hits.
+            if sum(len(h) for h in hits) == int((ids >= 0).sum()) or not self._refresh():
+                break
+        return hits
 
     def search_vectors(self, qvecs: np.ndarray, k: int, *, filter: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(scores ``[b, k]``, chunk ids ``[b, k]``) for query vectors; id -1 where fewer than k match."""
+        """(scores ``[b, k']``, chunk ids ``[b, k']``) for query vectors; id -1 where fewer than k match.
+
+        ``k' = min(k, chunks in the index)`` (at least 1): k is clamped to the collection, so
+        nothing is allocated for results that cannot exist. Before searching, the handle
+        rolls forward when another process committed since it was opened (a ``stat`` of a
+        SQLite doc store, else one small query).
+        """
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise ConfigError(f"k={k!r} must be a positive int")
         qvecs = np.ascontiguousarray(qvecs, dtype=np.float32)
         if qvecs.ndim != 2 or qvecs.shape[1] != self.dim:
             raise ConfigError(f"query vectors of shape {qvecs.shape} do not match the index dimension {self.dim}")
+        self._refresh()
+        k = min(int(k), max(int(self.index.ntotal), 1))
         if not filter:
-            return self.index.search(qvecs, int(k))
+            return self.index.search(qvecs, k)
         allowed = self.docstore.filter_ids(filter)
         if len(allowed) == 0:
-            return np.full((len(qvecs), k), -np.inf, np.float32), np.full((len(qvecs), k), -1, np.int64)
+            return np.full((len(qvecs), 1), -np.inf, np.float32), np.full((len(qvecs), 1), -1, np.int64)
+        k = min(k, len(allowed))
         if len(allowed) <= EXACT_FILTER_LIMIT and self.index.factory not in EXACT_FACTORIES:
             # A small match set on an approximate index: score it exactly from the stored vectors,
             # so IVF/HNSW never starve a selective filter.
-            return self._exact(qvecs, allowed, int(k))
-        return self.index.search(qvecs, int(k), allowed)
+            return self._exact(qvecs, allowed, k)
+        return self.index.search(qvecs, k, allowed)
 
     def _exact(self, qvecs: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         vecs = self.docstore.vectors(ids, self.dim)
@@ -687,10 +837,32 @@ class KnowledgeBase:
             "chunking": self.manifest["chunking"],
             "docstore": self.docstore.safe_url,
             "counts": self.manifest["counts"],
+            "side_files": self.side_files,
             "fields": self.docstore.fields(),
             "sources": sources,
             "files": files,
         }
+
+
+def check_queries(queries: Any) -> list[str]:
+    """``queries`` as a list of non-blank str, or a ConfigError naming the bad item.
+
+    Example:
+        >>> check_queries(["a", "b"])
+        ['a', 'b']
+    """
+    if isinstance(queries, str):
+        raise ConfigError("search_batch() takes a list of queries, got one str; use search() or wrap it in a list")
+    try:
+        items = list(queries)
+    except TypeError:
+        raise ConfigError(f"queries must be a list of str, got {type(queries).__name__}: {queries!r}") from None
+    for i, q in enumerate(items):
+        if not isinstance(q, str):
+            raise ConfigError(f"query {i} is a {type(q).__name__} ({q!r}), not a str; pass text queries (search_vectors() takes vectors)")
+        if not q.strip():
+            raise ConfigError(f"query {i} is empty or blank ({q!r}); an empty query matches nothing meaningful: pass some text")
+    return items
 
 
 def _check_document(doc: Any) -> str | None:
@@ -711,23 +883,6 @@ def _check_document(doc: Any) -> str | None:
     return None
 
 
-def _read_manifest(root: Path) -> dict[str, Any]:
-    f = root / MANIFEST
-    if not root.is_dir():
-        raise IndexFormatError(f"index path {str(root)!r} is not a directory; build an index there first (`rag-lfm ingest SOURCE --index {root}`)")
-    if not f.exists():
-        raise IndexFormatError(f"{str(root)!r} is not a rag-lfm index: it has no {MANIFEST}; build one with `rag-lfm ingest SOURCE --index {root}`")
-    try:
-        manifest = json.loads(f.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise IndexFormatError(f"{f} is not valid JSON ({exc}); the manifest is damaged: restore it or rebuild the index") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise IndexFormatError(f"{f} is not a rag-lfm manifest (format {manifest.get('format') if isinstance(manifest, dict) else None!r}, expected {FORMAT!r})")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise IndexFormatError(f"{root} has index format version {manifest.get('format_version')!r}; this rag-lfm reads version {FORMAT_VERSION}: upgrade rag-lfm or rebuild the index")
-    return manifest
-
-
 def _retriever_config(retriever: str | dict[str, Any]) -> dict[str, Any]:
     from rag_lfm.retrieval.retriever import CONFIG_KEYS, DEFAULT_CONFIG, DENSE_CONFIG
 
@@ -743,8 +898,7 @@ def _retriever_config(retriever: str | dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(retriever))
 
 
-def _sqlite_url(root: Path) -> str:
-    return f"sqlite:///{(root / SQLITE_NAME).resolve()}"
+_FIXED_KEYS = ("format", "embedder", "metric", "index", "chunking", "created_at")
 
 
 def _torch_cuda() -> bool:

@@ -10,6 +10,8 @@ import pytest
 # Nothing in the test suite may reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Spec signing keys and trust lists live in the user's config dir: the tests keep their own, away from ~/.config.
+os.environ.setdefault("RAG_LFM_CONFIG_DIR", __import__("tempfile").mkdtemp(prefix="rag-lfm-test-config-"))
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 MARIADB_URL = "mysql+pymysql://root@127.0.0.1:3306/test?charset=utf8mb4"
@@ -52,3 +54,15 @@ def minilm_path():
     from rag_lfm.models import resolve_model
 
     return resolve_model("all-MiniLM-L6-v2")
+
+
+@pytest.fixture(scope="session")
+def procs():
+    """A multiprocessing context whose children fork from a server that imported rag_lfm and faiss
+    (tests/adversarial): a child costs a fork, not an interpreter start, and the server never started
+    an OpenMP or BLAS thread pool, so forking it is safe."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["_scenarios", "faiss", "sqlalchemy.dialects.sqlite"])
+    return ctx

@@ -88,7 +88,7 @@ def test_shipped_specs_are_valid():
 @pytest.mark.parametrize(
     "body,match",
     [
-        ('[source]\ntype = "files"\npath = "."\ncolour = "red"\n', r"unknown key 'colour' = 'red'.*valid keys: encoding, glob"),
+        ('[source]\ntype = "files"\npath = "."\ncolour = "red"\n', r"unknown key 'colour' = 'red'.*valid keys: encoding, follow_symlinks, glob"),
         ('[source]\ntype = "files"\n', r"needs key 'path'"),
         ('[source]\ntype = "files"\npath = 3\n', r"key 'path' = 3 has type int, expected str"),
         ('[source]\ntype = "nosuch"\n', r"unknown source type 'nosuch'; registered types: .*files"),

@@ -16,6 +16,8 @@ from rag_lfm.connectors.web import WebConnector, normalize_url
 from rag_lfm.errors import ConfigError, SourceError
 from rag_lfm.types import Document, Skipped
 
+LOCAL = ["127.0.0.1"]  # the test server's address, refused by the default network policy
+
 LOREM = (
     "The Seine is a 777-kilometre-long river in northern France. Its drainage basin is in the Paris Basin "
     "covering most of northern France. It rises at Source-Seine, 30 kilometres northwest of Dijon in "
@@ -143,7 +145,7 @@ def test_main_text_canonical_ids_and_per_url_failures(server):
     base, _site = server
     urls = [f"{base}{p}" for p in ["/a", "/b", "/moved", "/missing", "/loop", "/doc.pdf", "/notes.txt",
                                     "/slow", "/empty", "/big"]]
-    web = WebConnector(urls=urls, timeout_s=0.5, max_redirects=3, max_bytes=20_000, name="site")
+    web = WebConnector(urls=urls, allow_hosts=LOCAL, timeout_s=0.5, max_redirects=3, max_bytes=20_000, name="site")
     docs, skipped = split(list(web.iter_documents()))
     by_id = {d.id: d for d in docs}
     # /b declares a canonical URL; /moved redirects to /a, which is kept once
@@ -168,38 +170,38 @@ def test_main_text_canonical_ids_and_per_url_failures(server):
 
 def test_sitemap_and_gzipped_sitemap_index(server):
     base, _ = server
-    flat = WebConnector(sitemap=f"{base}/sitemap.xml")
+    flat = WebConnector(sitemap=f"{base}/sitemap.xml", allow_hosts=LOCAL)
     docs, skipped = split(list(flat.iter_documents()))
     assert skipped == []
     assert sorted(d.id for d in docs) == [f"{base}/a", f"{base}/b-canonical", f"{base}/c"]
     assert all(d.metadata["lastmod"] == "2026-11-01" for d in docs)
     assert flat.source_id == "web:127.0.0.1:" + base.rsplit(":", 1)[1] and flat.complete
-    nested = make_connector("web", sitemap=f"{base}/index.xml.gz")
+    nested = make_connector("web", sitemap=f"{base}/index.xml.gz", allow_hosts=LOCAL)
     assert sorted(d.id for d in nested.iter_documents()) == sorted(d.id for d in docs)
 
 
 def test_unreadable_sitemap_stops_the_source(server):
     base, site = server
     with pytest.raises(SourceError, match="HTTP 404"):
-        list(WebConnector(sitemap=f"{base}/nope.xml").iter_documents())
+        list(WebConnector(sitemap=f"{base}/nope.xml", allow_hosts=LOCAL).iter_documents())
     with pytest.raises(SourceError, match="not valid XML"):
-        list(WebConnector(sitemap=f"{base}/bad-sitemap.xml").iter_documents())
+        list(WebConnector(sitemap=f"{base}/bad-sitemap.xml", allow_hosts=LOCAL).iter_documents())
     site.fail_500.add("/sitemap.xml")
     with pytest.raises(SourceError, match="HTTP 500.*nothing was changed"):
-        list(WebConnector(sitemap=f"{base}/sitemap.xml").iter_documents())
+        list(WebConnector(sitemap=f"{base}/sitemap.xml", allow_hosts=LOCAL).iter_documents())
 
 
 def test_etag_cache_avoids_refetching_and_500_is_reported(server, tmp_path):
     base, site = server
     cache = tmp_path / "web-cache.json"
-    first = WebConnector(sitemap=f"{base}/sitemap.xml", cache_path=str(cache))
+    first = WebConnector(sitemap=f"{base}/sitemap.xml", allow_hosts=LOCAL, cache_path=str(cache))
     docs1, _ = split(list(first.iter_documents()))
     assert first.stats["fetched"] == 3 and cache.exists()
     stored = json.loads(cache.read_text())
     assert stored[f"{base}/b"]["id"] == f"{base}/b-canonical" and stored[f"{base}/a"]["etag"]
 
     site.pages["/c"] = page("Rhone", "The Rhone is a major river of Europe, rising in the Swiss Alps. " * 3)
-    second = WebConnector(sitemap=f"{base}/sitemap.xml", cache_path=str(cache))
+    second = WebConnector(sitemap=f"{base}/sitemap.xml", allow_hosts=LOCAL, cache_path=str(cache))
     docs2, skipped2 = split(list(second.iter_documents()))
     assert skipped2 == []
     assert second.stats == {"fetched": 1, "not_modified": 2, "skipped": 0}
@@ -212,7 +214,7 @@ def test_etag_cache_avoids_refetching_and_500_is_reported(server, tmp_path):
 
     # a server error on one page is reported under the id that page had, the others go on
     site.fail_500.add("/a")
-    third = WebConnector(sitemap=f"{base}/sitemap.xml", validators=second.validators)
+    third = WebConnector(sitemap=f"{base}/sitemap.xml", allow_hosts=LOCAL, validators=second.validators)
     docs3, skipped3 = split(list(third.iter_documents()))
     assert [(s.ref, "HTTP 500" in s.reason) for s in skipped3] == [(f"{base}/a", True)]
     assert len(docs3) == 2

@@ -284,19 +284,19 @@ def test_web_500_keeps_last_good_version_and_sitemap_500_changes_nothing(tmp_pat
     httpd, base = _web_server(pages, fail)
     try:
         kb = new_kb(tmp_path / "idx")
-        assert kb.sync(WebConnector(sitemap=f"{base}/sitemap.xml", name="site"), progress=False).added == 6
+        assert kb.sync(WebConnector(sitemap=f"{base}/sitemap.xml", name="site", allow_hosts=["127.0.0.1"]), progress=False).added == 6
         gen = kb.generation
 
         fail.add("/sitemap.xml")  # the page list itself fails: nothing may change
         with pytest.raises(SourceError, match="HTTP 500"):
-            kb.sync(WebConnector(sitemap=f"{base}/sitemap.xml", name="site"), progress=False)
+            kb.sync(WebConnector(sitemap=f"{base}/sitemap.xml", name="site", allow_hosts=["127.0.0.1"]), progress=False)
         assert KnowledgeBase.open(kb.path).generation == gen
         fail.clear()
 
         pages["/p1"] = _html("Page 1", "Page one was rewritten: it now covers mountain1 passes. " * 4)
         fail.add("/p2")  # one page errors during the sync
         del pages["/p5"]  # and one page left the site (not in the sitemap any more)
-        report = kb.sync(WebConnector(sitemap=f"{base}/sitemap.xml", name="site"), progress=False)
+        report = kb.sync(WebConnector(sitemap=f"{base}/sitemap.xml", name="site", allow_hosts=["127.0.0.1"]), progress=False)
         assert (report.updated, report.unchanged, report.deleted) == (1, 3, 1)
         assert [(s.ref, "HTTP 500" in s.reason) for s in report.failed] == [(f"{base}/p2", True)]
         assert kb.search("river2 valley", k=1)[0].doc_id == f"{base}/p2"  # the last good version stays

@@ -25,6 +25,11 @@ file (and line) and the reason; the rest of the batch goes on. A ``text_field`` 
 record file has (a misspelling) is caught by :meth:`Files.preflight` before anything is
 written: the error lists the fields the files do have.
 
+Symbolic links inside the folder are not followed by default: a link can point out of
+the folder (``notes/x -> /etc/passwd``), and whoever can write the folder would then
+choose what the ingesting user's process reads. Each link is reported as Skipped with
+its target; ``follow_symlinks=True`` reads what links point to.
+
 Example:
     >>> from rag_lfm.connectors import Files
     >>> docs = Files("notes/", glob="**/*.md")                       # doctest: +SKIP
@@ -65,6 +70,8 @@ class Files:
         metadata_fields: for records, the fields kept as metadata (default: every other scalar field).
         encoding: text encoding of the files.
         name: the source id (default ``files:<path>``).
+        follow_symlinks: read files that symbolic links inside ``path`` point to (default
+            False: links are reported as Skipped). ``path`` itself may always be a link.
     """
 
     complete = True
@@ -79,6 +86,7 @@ class Files:
         metadata_fields: list[str] | None = None,
         encoding: str = "utf-8",
         name: str | None = None,
+        follow_symlinks: bool = False,
     ) -> None:
         self.root = Path(path).expanduser()
         if not self.root.exists():
@@ -88,24 +96,47 @@ class Files:
         self.id_field = id_field
         self.metadata_fields = metadata_fields
         self.encoding = encoding
+        self.follow_symlinks = bool(follow_symlinks)
         self.source_id = name or f"files:{Path(path).as_posix().rstrip('/')}"
 
     def describe(self) -> dict[str, Any]:
-        return {"type": "files", "path": str(self.root), "glob": self.globs, "text_field": self.text_fields or None, "id_field": self.id_field}
+        spec = {"type": "files", "path": str(self.root), "glob": self.globs, "text_field": self.text_fields or None, "id_field": self.id_field}
+        if self.follow_symlinks:
+            spec["follow_symlinks"] = True
+        return spec
 
-    def paths(self) -> list[Path]:
+    def _scan(self) -> tuple[list[Path], list[Path]]:
+        """(files to read, symbolic links not followed), both sorted."""
         if self.root.is_file():
-            return [self.root]
+            return [self.root], []
         found: set[Path] = set()
+        links: set[Path] = set()
         for pattern in self.globs:
-            found.update(p for p in self.root.glob(pattern) if p.is_file())
+            for p in self.root.glob(pattern):
+                link = None if self.follow_symlinks else self._first_link(p)
+                if link is not None:
+                    links.add(link)
+                elif p.is_file():
+                    found.add(p)
         # Default glob: supported types only; an explicit pattern reports what it cannot read.
         if self.globs == ["**/*"]:
             found = {p for p in found if p.suffix.lower() in SUPPORTED}
-        return sorted(found)
+        return sorted(found), sorted(links)
+
+    def _first_link(self, p: Path) -> Path | None:
+        cur = self.root
+        for part in p.relative_to(self.root).parts:
+            cur = cur / part
+            if cur.is_symlink():
+                return cur
+        return None
+
+    def paths(self) -> list[Path]:
+        return self._scan()[0]
 
     def __len__(self) -> int:
-        return len(self.paths())
+        files, links = self._scan()
+        return len(files) + len(links)
 
     def _rel(self, p: Path) -> str:
         return p.name if self.root.is_file() else p.relative_to(self.root).as_posix()
@@ -137,7 +168,14 @@ class Files:
                 )
 
     def iter_documents(self) -> Iterator[Document | Skipped]:
-        for p in self.paths():
+        files, links = self._scan()
+        for link in links:
+            try:
+                target = str(link.readlink())
+            except OSError:
+                target = "?"
+            yield Skipped(link.relative_to(self.root).as_posix(), f"symbolic link to {target!r}: not followed (pass follow_symlinks=True to read what links point to)")
+        for p in files:
             rel = self._rel(p)
             suffix = p.suffix.lower()
             if suffix not in SUPPORTED:

@@ -36,6 +36,7 @@ from typing import Any
 
 from rag_lfm.connectors.base import register_connector
 from rag_lfm.errors import ConfigError, SourceError
+from rag_lfm.redaction import redact
 from rag_lfm.types import Document, Skipped
 
 
@@ -136,7 +137,7 @@ class SqlConnector:
         }.items() if v is not None}
         if (url is None) == (url_env is None):
             raise ConfigError(
-                f"SqlConnector needs exactly one of url= or url_env= (got url={url!r}, url_env={url_env!r})"
+                f"SqlConnector needs exactly one of url= or url_env= (got url={redact(url)!r}, url_env={url_env!r})"
             )
         if url_env is not None:
             url = os.environ.get(url_env)
@@ -213,7 +214,7 @@ class SqlConnector:
             u = make_url(self.url)
         except Exception as exc:  # noqa: BLE001 - sqlalchemy raises ArgumentError/ValueError
             raise ConfigError(
-                f"SqlConnector url={self.url!r} is not a SQLAlchemy URL ({exc}); "
+                f"SqlConnector url={redact(self.url)!r} is not a SQLAlchemy URL ({redact(str(exc))}); "
                 "e.g. postgresql+psycopg://user@host:5432/db or sqlite:///file.db"
             ) from None
         # driver and password are left out: they can change without the data changing
@@ -229,11 +230,11 @@ class SqlConnector:
                 self._engine = create_engine(self.url, **self.engine_options)
             except ImportError as exc:
                 raise SourceError(
-                    f"SqlConnector url={self.url!r} needs a database driver that is not installed ({exc}); "
+                    f"SqlConnector url={redact(self.url)!r} needs a database driver that is not installed ({exc}); "
                     "install it, e.g. pip install 'rag-lfm[postgres]' (psycopg) or 'rag-lfm[mysql]' (pymysql)"
                 ) from exc
             except Exception as exc:  # noqa: BLE001 - bad URL parts surface here as various types
-                raise ConfigError(f"SqlConnector url={self.url!r} could not be used: {exc}") from exc
+                raise ConfigError(f"SqlConnector url={redact(self.url)!r} could not be used: {redact(str(exc))}") from None
         return self._engine
 
     def close(self) -> None:

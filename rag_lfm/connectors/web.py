@@ -21,6 +21,18 @@ a page is deleted from the index when it leaves the URL list or the sitemap. Onl
 unreadable *sitemap* stops the source (``SourceError``), as then the connector can't know
 which pages exist, and the index is left as it was.
 
+Network policy (SSRF protection): a URL list or a sitemap comes from outside, and a page
+can redirect anywhere, so the connector connects only to public (global unicast)
+addresses by default. Loopback, private (RFC 1918, unique-local), link-local (with cloud
+metadata endpoints such as 169.254.169.254), shared, multicast, reserved and unspecified
+addresses are refused -- for the first URL, after every redirect and for every sitemap
+entry -- and the refused page is reported as Skipped with the reason. The check runs on
+the addresses the host name resolves to, at connection time (a DNS answer that changes
+between a check and the connection cannot slip through). ``allow_hosts=["intranet.example",
+"10.0.0.0/8"]`` opens named hosts or networks; ``allow_private=True`` opens every
+non-public address. Credentials in URLs are used for the request but never kept in doc
+ids, metadata, the cache file or messages.
+
 Example:
     >>> web = WebConnector(sitemap="https://docs.example.org/sitemap.xml",
     ...                    cache_path="indexes/docs/web-cache.json")   # doctest: +SKIP
@@ -30,16 +42,19 @@ Example:
 from __future__ import annotations
 
 import gzip
+import ipaddress
 import json
 import os
+import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 from rag_lfm.connectors.base import register_connector
-from rag_lfm.errors import ConfigError, SourceError
+from rag_lfm.errors import ConfigError, NetworkPolicyError, SourceError
+from rag_lfm.redaction import redact
 from rag_lfm.types import Document, Skipped
 
 _HTML_TYPES = ("text/html", "application/xhtml+xml")
@@ -60,11 +75,12 @@ def _require(module: str, extra: str) -> Any:
 
 def normalize_url(url: str) -> str:
     """Canonical form of an absolute http(s) URL: lower-case scheme and host, no default
-    port, no fragment, ``/`` for an empty path.
+    port, no fragment, ``/`` for an empty path, no credentials (user info is dropped and
+    secret query parameters are masked: the result becomes a doc id, shown to users).
 
     Example:
-        >>> normalize_url("HTTP://Example.org:80/a#top")
-        'http://example.org/a'
+        >>> normalize_url("HTTP://user:pw@Example.org:80/a?token=t&q=1#top")
+        'http://example.org/a?token=***&q=1'
     """
     parts = urlsplit(url.strip())
     scheme = parts.scheme.lower()
@@ -74,9 +90,119 @@ def normalize_url(url: str) -> str:
     port = parts.port
     if port is not None and not ((scheme == "http" and port == 80) or (scheme == "https" and port == 443)):
         host = f"{host}:{port}"
-    if parts.username:
-        host = f"{parts.username}{':' + parts.password if parts.password else ''}@{host}"
-    return urlunsplit((scheme, host, parts.path or "/", parts.query, ""))
+    return redact(urlunsplit((scheme, host, parts.path or "/", parts.query, "")))
+
+
+def _public_url(url: str) -> str:
+    """``url`` without user info and with secret query values masked (for metadata and messages)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    return redact(urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)))
+
+
+_DENIED = (  # most specific first: Python counts 0.0.0.0/8 and 240.0.0.0/4 as private too
+    ("is_unspecified", "the unspecified address"),
+    ("is_loopback", "a loopback address"),
+    ("is_link_local", "a link-local address (cloud metadata endpoints live there)"),
+    ("is_multicast", "a multicast address"),
+    ("is_reserved", "a reserved address"),
+    ("is_private", "a private-network address"),
+)
+
+
+class NetworkPolicy:
+    """Which addresses the web connector may connect to (see the module docstring).
+
+    Args:
+        allow_hosts: host names (exact, or ``*.example.org`` for subdomains), IP addresses or
+            networks (``"10.1.0.0/16"``) allowed even when not public.
+        allow_private: allow every non-public address (loopback, private, link-local ...).
+
+    Example:
+        >>> NetworkPolicy().denial("127.0.0.1") is not None, NetworkPolicy().denial("93.184.215.14") is None
+        (True, True)
+        >>> NetworkPolicy(allow_hosts=["127.0.0.1"]).denial("127.0.0.1") is None
+        True
+    """
+
+    def __init__(self, allow_hosts: Iterable[str] = (), allow_private: bool = False) -> None:
+        if isinstance(allow_hosts, str):
+            raise ConfigError(f"allow_hosts={allow_hosts!r} must be a list of host names or networks, e.g. [\"intranet.example\", \"10.0.0.0/8\"]")
+        self.allow_private = bool(allow_private)
+        self.hosts: set[str] = set()
+        self.suffixes: list[str] = []
+        self.networks: list[Any] = []
+        for entry in allow_hosts:
+            if not isinstance(entry, str) or not entry.strip():
+                raise ConfigError(f"allow_hosts entry {entry!r} must be a host name, an IP address or a network like 10.0.0.0/8")
+            e = entry.strip().lower().strip("[]")
+            try:
+                self.networks.append(ipaddress.ip_network(e, strict=False))
+            except ValueError:
+                if e.startswith("*."):
+                    self.suffixes.append(e[1:])
+                else:
+                    self.hosts.add(e)
+
+    def host_allowed(self, host: str) -> bool:
+        h = host.lower().strip("[]")
+        return h in self.hosts or any(h.endswith(s) for s in self.suffixes)
+
+    def denial(self, address: str, host: str | None = None) -> str | None:
+        """Why connecting to ``address`` (resolved from ``host``) is refused, or None when it is allowed."""
+        ip = ipaddress.ip_address(address.split("%")[0])
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if self.allow_private and not (ip.is_multicast or ip.is_unspecified):
+            return None
+        if (host is not None and self.host_allowed(host)) or any(ip in n for n in self.networks):
+            return None
+        for attr, what in _DENIED:
+            if getattr(ip, attr):
+                return what
+        if not ip.is_global:
+            return "not a public address"
+        return None
+
+    def resolve(self, host: str, port: int) -> list[str]:
+        """The addresses of ``host`` it may connect to; raises NetworkPolicyError naming the refused one."""
+        try:
+            infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise OSError(f"cannot resolve {host!r}: {exc.strerror}") from None
+        addresses = list(dict.fromkeys(info[4][0] for info in infos))
+        for address in addresses:
+            why = self.denial(address, host)
+            if why is not None:
+                shown = host if host.strip("[]") == address else f"{host} ({address})"
+                raise NetworkPolicyError(
+                    f"{shown} is {why}, which the web connector does not fetch by default (SSRF protection); "
+                    f"to fetch it anyway pass allow_hosts=[{host.strip('[]')!r}] (or the network), or allow_private=True"
+                )
+        return addresses
+
+
+def _guarded_backend(policy: NetworkPolicy, inner: Any) -> Any:
+    """An httpcore network backend that connects only to addresses ``policy`` allows, resolved here."""
+    httpcore = _require("httpcore", "web")
+
+    class GuardedBackend(httpcore.NetworkBackend):
+        def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):  # noqa: ANN001
+            last: Exception | None = None
+            for address in policy.resolve(host, port):
+                try:
+                    return inner.connect_tcp(address, port, timeout=timeout, local_address=local_address, socket_options=socket_options)
+                except httpcore.ConnectError as exc:
+                    last = exc
+            raise last or httpcore.ConnectError(f"no address to connect to for {host}")
+
+        def connect_unix_socket(self, path, timeout=None, socket_options=None):  # noqa: ANN001
+            raise NetworkPolicyError(f"the web connector does not connect to unix sockets ({path!r})")
+
+        def sleep(self, seconds: float) -> None:
+            inner.sleep(seconds)
+
+    return GuardedBackend()
 
 
 def _check_url(url: Any, what: str) -> str:
@@ -102,7 +228,11 @@ class WebConnector:
         validators: the same cache as a dict, passed in directly (``cache_path`` wins).
         max_sitemap_depth: how deep nested sitemap indexes are followed.
         trust_env: use proxy settings from the environment (``HTTPS_PROXY``...); off by
-            default so that local addresses are never sent through a proxy.
+            default so that local addresses are never sent through a proxy. With a proxy
+            the policy checks each target host's addresses before the request (the proxy
+            makes the connection).
+        allow_hosts: host names, addresses or networks fetched even when not public.
+        allow_private: fetch loopback, private and link-local addresses too (off by default).
 
     Attributes:
         source_id, complete (always True: every listed URL is yielded or reported),
@@ -125,6 +255,8 @@ class WebConnector:
         validators: dict[str, dict[str, Any]] | None = None,
         max_sitemap_depth: int = 3,
         trust_env: bool = False,
+        allow_hosts: list[str] | None = None,
+        allow_private: bool = False,
     ) -> None:
         if not urls and not sitemap:
             raise ConfigError(
@@ -144,11 +276,15 @@ class WebConnector:
         self.cache_path = Path(cache_path) if cache_path else None
         self.max_sitemap_depth = max_sitemap_depth
         self.trust_env = trust_env
+        self.allow_hosts = list(allow_hosts or [])
+        self.allow_private = bool(allow_private)
+        self.policy = NetworkPolicy(self.allow_hosts, self.allow_private)
         self.validators: dict[str, dict[str, Any]] = dict(validators or {})
         self.complete = True
         self.stats: dict[str, int] = {}
-        first = self.sitemap or self.urls[0]
-        self.source_id = name if name is not None else f"web:{urlsplit(first).netloc.lower()}"
+        first = urlsplit(self.sitemap or self.urls[0])
+        host = (first.hostname or "") + (f":{first.port}" if first.port else "")
+        self.source_id = name if name is not None else f"web:{host}"
 
     def describe(self) -> dict[str, Any]:
         """The spec that rebuilds this connector (what `rag-lfm sync` re-runs)."""
@@ -156,6 +292,10 @@ class WebConnector:
                                 "max_redirects": self.max_redirects, "max_bytes": self.max_bytes,
                                 "allow_plain_text": self.allow_plain_text,
                                 "max_sitemap_depth": self.max_sitemap_depth, "trust_env": self.trust_env}
+        if self.allow_hosts:
+            spec["allow_hosts"] = list(self.allow_hosts)
+        if self.allow_private:
+            spec["allow_private"] = True
         if self.urls:
             spec["urls"] = list(self.urls)
         if self.sitemap:
@@ -194,12 +334,24 @@ class WebConnector:
     # -- fetching --------------------------------------------------------------------
     def _client(self):
         httpx = _require("httpx", "web")
+        transport = httpx.HTTPTransport(trust_env=self.trust_env)
+        # The policy is enforced where the socket is opened, on the addresses actually used.
+        pool = transport._pool
+        pool._network_backend = _guarded_backend(self.policy, pool._network_backend)
+
+        def check_target(request: Any) -> None:
+            # Every request, each redirect included: a clear refusal before any connection
+            # (and the only check of the target's addresses when a proxy connects for us).
+            self.policy.resolve(request.url.host, request.url.port or (443 if request.url.scheme == "https" else 80))
+
         return httpx.Client(
             follow_redirects=True,
             max_redirects=self.max_redirects,
             timeout=httpx.Timeout(self.timeout_s),
             headers={"User-Agent": self.user_agent},
             trust_env=self.trust_env,
+            transport=transport,
+            event_hooks={"request": [check_target]},
         )
 
     def _get(self, client, url: str, headers: dict[str, str] | None = None):
@@ -220,11 +372,13 @@ class WebConnector:
         etree = _require("lxml.etree", "web")
         try:
             resp, body = self._get(client, url)
-        except httpx.HTTPError as exc:
-            raise SourceError(f"WebConnector sitemap {url!r} could not be fetched: {type(exc).__name__}: {exc}") from exc
+        except NetworkPolicyError as exc:
+            raise SourceError(f"WebConnector sitemap {_public_url(url)!r} is refused: {exc}") from None
+        except (httpx.HTTPError, OSError) as exc:
+            raise SourceError(f"WebConnector sitemap {_public_url(url)!r} could not be fetched: {type(exc).__name__}: {redact(str(exc))}") from None
         if resp.status_code != 200 or body is None:
             raise SourceError(
-                f"WebConnector sitemap {url!r} answered HTTP {resp.status_code}"
+                f"WebConnector sitemap {_public_url(url)!r} answered HTTP {resp.status_code}"
                 + (" (larger than max_bytes)" if body is None else "")
                 + "; the page list is unknown, so nothing was changed"
             )
@@ -235,13 +389,13 @@ class WebConnector:
         try:
             root = etree.fromstring(body, parser)
         except etree.XMLSyntaxError as exc:
-            raise SourceError(f"WebConnector sitemap {url!r} is not valid XML: {exc}") from exc
+            raise SourceError(f"WebConnector sitemap {_public_url(url)!r} is not valid XML: {exc}") from exc
         tag = etree.QName(root).localname
         out: list[tuple[str, str | None]] = []
         if tag == "sitemapindex":
             if depth >= self.max_sitemap_depth:
                 raise SourceError(
-                    f"WebConnector sitemap {url!r} nests sitemap indexes deeper than max_sitemap_depth="
+                    f"WebConnector sitemap {_public_url(url)!r} nests sitemap indexes deeper than max_sitemap_depth="
                     f"{self.max_sitemap_depth}; raise it if that is intended"
                 )
             for loc in root.iter(f"{_SITEMAP_NS}loc", "loc"):
@@ -249,7 +403,7 @@ class WebConnector:
                     out.extend(self._sitemap_urls(client, urljoin(url, loc.text.strip()), depth + 1))
             return out
         if tag != "urlset":
-            raise SourceError(f"WebConnector sitemap {url!r} has root <{tag}>; expected <urlset> or <sitemapindex>")
+            raise SourceError(f"WebConnector sitemap {_public_url(url)!r} has root <{tag}>; expected <urlset> or <sitemapindex>")
         for entry in root:
             if not isinstance(entry.tag, str) or etree.QName(entry).localname != "url":
                 continue
@@ -268,14 +422,16 @@ class WebConnector:
 
     def _ref(self, url: str) -> str:
         """The id a page had last time (its canonical URL) so a failure names the right document."""
-        entry = self.validators.get(url)
+        entry = self.validators.get(_public_url(url))
         if entry and entry.get("id"):
             return entry["id"]
         return normalize_url(url)
 
     def _fetch(self, client, url: str, lastmod: str | None) -> Document | Skipped:
         httpx = _require("httpx", "web")
-        cached = self.validators.get(url)
+        key = _public_url(url)  # the cache never holds credentials
+        shown = key
+        cached = self.validators.get(key)
         headers: dict[str, str] = {}
         # Only ask for a 304 when the page itself is cached: a 304 carries no body.
         if cached and cached.get("text") is not None:
@@ -285,21 +441,23 @@ class WebConnector:
                 headers["If-Modified-Since"] = cached["last_modified"]
         try:
             resp, body = self._get(client, url, headers)
+        except NetworkPolicyError as exc:
+            return Skipped(self._ref(url), f"{shown}: blocked by the network policy: {exc}")
         except httpx.TooManyRedirects:
-            return Skipped(self._ref(url), f"{url}: more than max_redirects={self.max_redirects} redirects")
+            return Skipped(self._ref(url), f"{shown}: more than max_redirects={self.max_redirects} redirects")
         except httpx.TimeoutException as exc:
-            return Skipped(self._ref(url), f"{url}: timed out after {self.timeout_s:g}s ({type(exc).__name__})")
-        except httpx.HTTPError as exc:
-            return Skipped(self._ref(url), f"{url}: request failed: {type(exc).__name__}: {exc}")
+            return Skipped(self._ref(url), f"{shown}: timed out after {self.timeout_s:g}s ({type(exc).__name__})")
+        except (httpx.HTTPError, OSError) as exc:
+            return Skipped(self._ref(url), f"{shown}: request failed: {type(exc).__name__}: {redact(str(exc))}")
         if resp.status_code == 304 and cached:
             self.stats["not_modified"] += 1
             return Document(id=cached["id"], text=cached["text"], metadata=dict(cached.get("metadata") or {}))
         if resp.status_code >= 400:
-            return Skipped(self._ref(url), f"{url}: HTTP {resp.status_code} {resp.reason_phrase}".rstrip())
+            return Skipped(self._ref(url), f"{shown}: HTTP {resp.status_code} {resp.reason_phrase}".rstrip())
         if resp.status_code != 200:
-            return Skipped(self._ref(url), f"{url}: unexpected HTTP {resp.status_code}; expected 200")
+            return Skipped(self._ref(url), f"{shown}: unexpected HTTP {resp.status_code}; expected 200")
         if body is None:
-            return Skipped(self._ref(url), f"{url}: larger than max_bytes={self.max_bytes}")
+            return Skipped(self._ref(url), f"{shown}: larger than max_bytes={self.max_bytes}")
         ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
         final_url = str(resp.url)
         if ctype in _HTML_TYPES:
@@ -317,17 +475,17 @@ class WebConnector:
             hint = " (use the pdf connector for PDFs)" if ctype == "application/pdf" else ""
             return Skipped(
                 self._ref(url),
-                f"{url}: content type {ctype or 'missing'!r} is not HTML{' or text' if self.allow_plain_text else ''}{hint}",
+                f"{shown}: content type {ctype or 'missing'!r} is not HTML{' or text' if self.allow_plain_text else ''}{hint}",
             )
         if not text.strip():
-            return Skipped(canonical, f"{url}: no main text could be extracted")
-        metadata: dict[str, Any] = {"url": final_url, "title": title}
+            return Skipped(canonical, f"{shown}: no main text could be extracted")
+        metadata: dict[str, Any] = {"url": _public_url(final_url), "title": title}
         if resp.headers.get("last-modified"):
             metadata["last_modified"] = resp.headers["last-modified"]
         if lastmod:
             metadata["lastmod"] = lastmod
         doc = Document(id=canonical, text=text, metadata=metadata)
-        self.validators[url] = {
+        self.validators[key] = {
             "id": canonical,
             "etag": resp.headers.get("etag"),
             "last_modified": resp.headers.get("last-modified"),
@@ -378,14 +536,14 @@ class WebConnector:
                 if isinstance(item, Document):
                     if item.id in seen:
                         self.stats["skipped"] += 1
-                        yield Skipped(url, f"{url}: same canonical URL as an earlier page ({item.id}); kept once")
+                        yield Skipped(_public_url(url), f"{_public_url(url)}: same canonical URL as an earlier page ({item.id}); kept once")
                         continue
                     seen.add(item.id)
                 else:
                     self.stats["skipped"] += 1
                 yield item
         # forget pages no longer listed, so the cache does not grow forever
-        listed = {u for u, _ in targets}
+        listed = {_public_url(u) for u, _ in targets}
         self.validators = {u: v for u, v in self.validators.items() if u in listed}
         self._save_cache()
 

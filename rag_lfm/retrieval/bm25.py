@@ -126,6 +126,7 @@ class BM25Index:
         """
         if k < 1:
             raise ConfigError(f"k must be >= 1, got {k}")
+        k = min(int(k), max(len(self.chunk_ids), 1))  # the result arrays never outgrow the collection
         b = len(queries)
         scores = np.zeros((b, k), dtype=np.float32)
         ids = np.full((b, k), -1, dtype=np.int64)
@@ -228,16 +229,26 @@ class BM25Index:
 
     @classmethod
     def for_kb(cls, kb: Any, *, rebuild: bool = False, show_progress: bool = True, **settings: Any) -> BM25Index:
-        """The BM25 index of ``kb``, loaded from ``kb.path / "bm25"`` or rebuilt when stale.
+        """The BM25 index of ``kb``: its committed sidecar when current, else built from the chunks.
 
-        Stale means: missing, or built at another ``kb.generation``. Non-default settings live in
-        their own folder (:meth:`folder_for`).
+        The sidecar (``kb.path / "bm25"``, or :meth:`folder_for` for other settings) is a side file
+        of the index's commit record: loaded only when every file verifies against its sha256 and
+        it was built at the current ``kb.generation``. Otherwise the index is built in memory; a
+        writer (inside ``kb.write_lock()``, e.g. at the end of an ingest) also saves it and binds
+        it to the record, so the next reader loads it. Readers never write.
         """
         wanted = cls.default_settings(**settings)
         folder = cls.folder_for(kb, wanted)
-        meta = cls.read_meta(folder) if folder.exists() else None
-        if not rebuild and meta is not None and meta.get("generation") == kb.generation and meta["settings"] == wanted:
-            return cls.load(folder)
+        rel = folder.name
+        committed = {r for r in (getattr(kb, "side_files", None) or {}) if r.startswith(rel + "/")}
+        if not rebuild and committed:
+            try:
+                kb.side_folder(rel)  # every committed file under it checked against its sha256
+                meta = cls.read_meta(folder)
+            except IndexFormatError:
+                meta = None  # missing or modified: derived data, rebuilt below rather than trusted
+            if meta is not None and meta.get("generation") == kb.generation and meta["settings"] == wanted:
+                return cls.load(folder)
         texts: list[str] = []
         ids: list[int] = []
         chunks: Iterable[list[Any]] = kb.iter_chunks(batch_size=1000)
@@ -252,5 +263,10 @@ class BM25Index:
                     texts.append(text)
                     ids.append(int(hit.chunk_id))
         index = cls.build(texts, ids, show_progress=show_progress, **wanted)
-        index.save(folder, generation=kb.generation)
+        if getattr(kb, "writing", False):
+            from rag_lfm.commit import digest_files
+
+            index.save(folder, generation=kb.generation)
+            fresh = digest_files(kb.path, rel)
+            kb.commit_side_files({**{r: None for r in committed if r not in fresh}, **fresh})
         return index

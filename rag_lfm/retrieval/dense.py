@@ -132,11 +132,12 @@ def two_stage_search(
     """
     if k < 1:
         raise ConfigError(f"k must be >= 1, got {k}")
+    k = min(int(k), max(len(kb), 1))  # never allocate for more results than the collection holds
     q = np.ascontiguousarray(np.asarray(qvecs, dtype=np.float32))
     if metric is None:
         return kb.search_vectors(q, k, filter=filter)
     m = get_metric(metric)
-    pool = int(pool) if pool is not None else pool_factor * k
+    pool = min(int(pool) if pool is not None else pool_factor * k, max(len(kb), k))
     if pool < k:
         raise ConfigError(f"candidate pool {pool} must be >= k = {k}; raise pool (or pool_factor)")
     first_q = m.query_transform(q) if m.query_transform is not None else q

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from rag_lfm.errors import ConfigError
+from rag_lfm.knowledge_base import check_queries
 from rag_lfm.metrics import Metric, get_metric
 from rag_lfm.retrieval.bm25 import BM25Index
 from rag_lfm.retrieval.dense import VectorCache, gather_vectors, two_stage_search
@@ -33,6 +34,7 @@ from rag_lfm.types import Hit
 
 METHODS = ("dense", "bm25", "hybrid")
 GROUP_DEPTH_FACTOR = 4
+SEARCH_ATTEMPTS = 3  # searches redone when a commit lands between the search and the fetch of its hits
 # What `KnowledgeBase.search` runs unless told otherwise (recorded in each new index's manifest):
 # dense + BM25 on the text + BM25 on each document's first sentence, per-query z-score weighted
 # fusion 1 / 0.75 / 0.5. Chosen on dev documents by benchmarks/bench_default_retrieval.py (mean nDCG@10
@@ -237,7 +239,8 @@ class Retriever:
         """
         if isinstance(queries, str):
             raise ConfigError("queries must be a list of strings; use search() for one query")
-        depth = self._depth(k)
+        k = min(int(k), max(len(self.kb), 1))  # bound every allocation by the collection
+        depth = min(self._depth(k), max(len(self.kb), 1))
         lists = []
         if self.method in ("dense", "hybrid"):
             if qvecs is None:
@@ -262,9 +265,17 @@ class Retriever:
         """Top ``k`` hits for each query (higher score is better)."""
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise ConfigError(f"k={k!r} must be a positive int")
-        scores, ids = self.search_ids(queries, k, filter=filter, qvecs=qvecs)
-        flat = sorted({int(c) for c in ids.ravel().tolist() if c >= 0})
-        by_id = {int(h.chunk_id): h for h in (self.kb.fetch(flat) if flat else [])}
+        queries = check_queries(queries)
+        if qvecs is None and self.method != "bm25":
+            qvecs = self.kb.embedder.encode(list(queries), kind="query")
+        for _ in range(SEARCH_ATTEMPTS):
+            scores, ids = self.search_ids(queries, k, filter=filter, qvecs=qvecs)
+            flat = sorted({int(c) for c in ids.ravel().tolist() if c >= 0})
+            by_id = {int(h.chunk_id): h for h in (self.kb.fetch(flat) if flat else [])}
+            # A candidate the doc store no longer has: another process committed between the search
+            # and the fetch. Search again: the KB rolls forward to the new commit before each search.
+            if len(by_id) == len(flat):
+                break
         out: list[list[Hit]] = []
         for qi, query in enumerate(queries):
             hits = [replace(by_id[int(c)], score=float(s)) for s, c in zip(scores[qi], ids[qi])
