@@ -42,8 +42,9 @@ def test_complete_is_greedy_and_bounded(reader):
     ids = reader.tokenizer(prompt)["input_ids"]
     expected = _greedy_reference(reader, ids, 7)
     assert c.text == reader.tokenizer.decode(expected)
-    assert c.prompt_tokens == len(ids) and c.completion_tokens == len(expected)
-    assert c.finish_reason == ("length" if len(expected) == 7 else "stop")
+    ended = len(expected) < 7  # by the end-of-sequence token, which counts as generated
+    assert c.prompt_tokens == len(ids) and c.completion_tokens == len(expected) + int(ended)
+    assert c.finish_reason == ("stop" if ended else "length")
     assert reader.complete(prompt, max_tokens=7).text == c.text  # deterministic
 
 
@@ -80,6 +81,32 @@ def test_top_logprobs_are_the_models_distribution(reader):
     for row, token, value in zip(c.top_logprobs, c.tokens, c.token_logprobs):
         assert max(row.values()) == pytest.approx(value, abs=1e-5) and row[token] == pytest.approx(value, abs=1e-5)
     assert all(len(row) <= 5 for row in c.top_logprobs)
+
+
+def test_batch_equals_one_by_one(reader):
+    prompts = ["The Nile is", [{"role": "user", "content": "Who was Marie Curie?"}], "Claude", "Mount Everest is a"]
+    batch = reader.complete_batch(prompts, max_tokens=6, stop=["e"], top_logprobs=3)
+    single = [reader.complete(p, max_tokens=6, stop=["e"], top_logprobs=3) for p in prompts]
+    for b, s in zip(batch, single):
+        assert (b.text, b.finish_reason, b.completion_tokens, b.tokens) == (s.text, s.finish_reason, s.completion_tokens, s.tokens)
+        assert b.token_logprobs == pytest.approx(s.token_logprobs, abs=1e-4)
+
+
+def test_end_of_sequence_counts_as_a_generated_token(tmp_path):
+    """A model whose head favours EOS after one token: the EOS step is reported, its text is not."""
+    r = TransformersReader(save_tiny_llama(tmp_path / "t", chat=True), device="cpu").warm_up()
+    free = r.complete("The Nile", max_tokens=1, top_logprobs=2)
+    head = r.model.lm_head
+    biased = torch.nn.Linear(head.in_features, head.out_features, bias=True)
+    with torch.no_grad():
+        biased.weight.copy_(head.weight)
+        biased.bias.zero_()
+        biased.bias[r.tokenizer.eos_token_id] = 1e4
+    r.model.lm_head = biased
+    c = r.complete("The Nile", max_tokens=5, top_logprobs=2)
+    assert free.tokens[0] != r.tokenizer.eos_token  # the unbiased model says something first
+    assert (c.text, c.finish_reason, c.completion_tokens) == ("", "stop", 1)
+    assert c.tokens == [r.tokenizer.eos_token] and c.top_logprobs[0][r.tokenizer.eos_token] == pytest.approx(0.0)
 
 
 def test_stream_complete_joins_to_complete(reader):

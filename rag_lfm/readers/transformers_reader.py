@@ -745,43 +745,69 @@ class TransformersReader:
         ends at the end-of-sequence token, at the first of the ``stop`` strings (cut from
         the text), or after ``max_tokens`` tokens. With ``top_logprobs=N`` each generated
         token comes with the model's N most likely tokens and their log-probabilities
-        (what REPLUG over an API mixes).
+        (what REPLUG over an API mixes); an end-of-sequence token that ended the
+        generation counts as a generated token there (and in ``completion_tokens``),
+        though it adds no text.
 
         Example:
             >>> reader.complete("The capital of France is", max_tokens=3, stop=["."]).text  # doctest: +SKIP
             ' Paris'
         """
+        return self.complete_batch([prompt], max_tokens=max_tokens, stop=stop, top_logprobs=top_logprobs)[0]
+
+    def complete_batch(
+        self,
+        prompts: Sequence[str | Sequence[dict[str, str]]],
+        *,
+        max_tokens: int = 256,
+        stop: Sequence[str] = (),
+        top_logprobs: int = 0,
+    ) -> list[Completion]:
+        """:meth:`complete` for many prompts, ``batch_size`` per forward pass (same results as one by one)."""
         torch = _torch()
-        ids = self._completion_ids(prompt, max_tokens)
-        if top_logprobs < 0:
+        if isinstance(prompts, str):
+            raise ConfigError("complete_batch() takes a list of prompts, got one str; use complete()")
+        if int(top_logprobs) < 0:
             raise ConfigError(f"top_logprobs must be >= 0, got {top_logprobs!r}")
+        all_ids = [self._completion_ids(p, max_tokens) for p in prompts]
         tok = self._tokenizer
-        text = TextAssembler(lambda g: tok.decode(g, skip_special_tokens=False), stop)
-        steps: list[Any] = []
+        out: list[Completion] = []
+        for lo in range(0, len(all_ids), self.batch_size):
+            chunk = all_ids[lo : lo + self.batch_size]
+            texts = [TextAssembler(lambda g: tok.decode(g, skip_special_tokens=False), stop) for _ in chunk]
+            steps: list[Any] = []
 
-        def on_logits(logits) -> None:
-            lp = torch.log_softmax(logits[0].float(), -1)
-            top = torch.topk(lp, min(top_logprobs, lp.shape[-1]))
-            steps.append((lp, top))
+            def on_logits(logits) -> None:
+                lp = torch.log_softmax(logits.float(), -1)
+                steps.append((lp, torch.topk(lp, min(int(top_logprobs), lp.shape[-1]))))
 
-        gen, reasons = self._decode(
-            [ids], [0], None, 1, lambda _g, t: (text.push(t), text.stopped)[1], max_new_tokens=int(max_tokens),
-            stop_mask=self._eos_ids, on_logits=on_logits if top_logprobs else None,
-        )
-        text.flush()
-        out = Completion(text=text.text, finish_reason=reasons[0], prompt_tokens=len(ids),
-                         completion_tokens=len(gen[0]))
-        if top_logprobs:
-            out.top_logprobs, out.tokens, out.token_logprobs = [], [], []
-            # a step whose token was end-of-sequence generated nothing: only the steps with a token count
-            for (lp, top), t in zip(steps, gen[0]):
-                pieces = tok.batch_decode([[i] for i in top.indices.tolist()], skip_special_tokens=False)
-                row: dict[str, float] = {}
-                for piece, value in zip(pieces, top.values.tolist()):
-                    row.setdefault(piece, value)  # two ids with one text: keep the likelier
-                out.top_logprobs.append(row)
-                out.tokens.append(tok.decode([t], skip_special_tokens=False))
-                out.token_logprobs.append(float(lp[t]))
+            def on_token(g: int, t: int, texts=texts) -> bool:
+                texts[g].push(t)
+                return texts[g].stopped
+
+            gen, reasons = self._decode(
+                chunk, list(range(len(chunk))), None, len(chunk), on_token, max_new_tokens=int(max_tokens),
+                stop_mask=self._eos_ids, on_logits=on_logits if top_logprobs else None,
+            )
+            for g, ids in enumerate(chunk):
+                texts[g].flush()
+                # Ended by end-of-sequence (not by a stop string): that token was generated too.
+                eos = reasons[g] == "stop" and not texts[g].stopped
+                c = Completion(text=texts[g].text, finish_reason=reasons[g], prompt_tokens=len(ids),
+                               completion_tokens=len(gen[g]) + int(eos))
+                if top_logprobs:
+                    c.top_logprobs, c.tokens, c.token_logprobs = [], [], []
+                    for lp, top in steps[: c.completion_tokens]:
+                        pieces = tok.batch_decode([[i] for i in top.indices[g].tolist()], skip_special_tokens=False)
+                        row: dict[str, float] = {}
+                        for piece, value in zip(pieces, top.values[g].tolist()):
+                            row.setdefault(piece, value)  # two ids with one text: keep the likelier
+                        c.top_logprobs.append(row)
+                    chosen = list(gen[g]) + ([int(steps[len(gen[g])][0][g].argmax())] if eos else [])
+                    for (lp, _), t in zip(steps, chosen):
+                        c.tokens.append(tok.decode([t], skip_special_tokens=False))
+                        c.token_logprobs.append(float(lp[g, t]))
+                out.append(c)
         return out
 
     def stream_complete(
