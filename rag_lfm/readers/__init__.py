@@ -9,12 +9,13 @@ Example:
 from rag_lfm.readers.base import STRATEGIES, NoPassagesError, PromptTooLongError, Reader, check_strategy
 from rag_lfm.readers.pipeline import ask, ask_batch
 from rag_lfm.readers.transformers_reader import TransformersReader
-from rag_lfm.readers.types import Answer, Citation
+from rag_lfm.readers.types import Answer, Citation, Completion
 
 __all__ = [
     "STRATEGIES",
     "Answer",
     "Citation",
+    "Completion",
     "NoPassagesError",
     "PromptTooLongError",
     "Reader",
