@@ -328,3 +328,214 @@ def test_translate_filter_keeps_our_language():
     flt = {"$or": [{"topic": ["A", "B"]}, {"year": {"$gte": 1900, "$neq": 1950}}], "lang": "en"}
     assert translate_filter(flt) == {"$or": [{"topic": {"$in": ["A", "B"]}}, {"year": {"$gte": 1900, "$ne": 1950}}], "lang": "en"}
     assert translate_filter({}) is None and translate_filter(None) is None
+
+
+# -- the chat model, RagLfmQA and the README's chain (a tiny random Llama: the real decoding loop) ----
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from rag_lfm.readers.testing import save_tiny_llama
+
+    # init_std 0.5: peaked distributions, so the random model writes varied text, not one repeated token
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny"), chat=True, init_std=0.5)
+
+
+@pytest.fixture(scope="module")
+def chat(tiny):
+    from rag_lfm.integrations.langchain import RagLfmChatModel
+
+    return RagLfmChatModel(model=tiny, device="cpu", max_tokens=12)
+
+
+WIKI = [
+    ("Claude Monet", "Claude Monet was a French painter and a founder of Impressionism.", {"title": "Claude Monet", "topic": "Arts"}),
+    ("Eiffel Tower", "The Eiffel Tower is a wrought-iron lattice tower in Paris, France.", {"title": "Eiffel Tower", "topic": "Places"}),
+    ("Mount Everest", "Mount Everest is Earth's highest mountain above sea level.", {"title": "Mount Everest", "topic": "Places"}),
+    ("Nile", "The Nile is a major north-flowing river in northeastern Africa.", {"title": "Nile", "topic": "Places"}),
+    ("Marie Curie", "Marie Curie was a physicist and chemist who studied radioactivity.", {"title": "Marie Curie", "topic": "Science"}),
+]
+
+
+@pytest.fixture(scope="module")
+def wiki_kb(tmp_path_factory):
+    kb = KnowledgeBase.create(tmp_path_factory.mktemp("wiki") / "kb", embedder=CountingHash())
+    kb.ingest(InMemory([Document(i, t, m) for i, t, m in WIKI], name="wiki"), progress=False)
+    yield kb
+    kb.close()
+
+
+def test_chat_model_streams_what_it_invokes_and_keeps_weights_frozen(chat):
+    from langchain_core.callbacks import BaseCallbackHandler
+    from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+
+    class Tokens(BaseCallbackHandler):
+        def __init__(self):
+            self.pieces = []
+
+        def on_llm_new_token(self, token, **kw):
+            self.pieces.append(token)
+
+    before = chat.get_reader().weights_fingerprint()
+    msgs = [SystemMessage("Be brief."), HumanMessage("Which river is in Africa?")]
+    full = chat.invoke(msgs)
+    assert isinstance(full, AIMessage) and full.content
+    assert full.usage_metadata["output_tokens"] == 12 and full.response_metadata["finish_reason"] == "length"
+    assert full.usage_metadata["input_tokens"] == len(chat.get_reader()._completion_ids(
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Which river is in Africa?"}], 12))
+    tokens = Tokens()
+    chunks = list(chat.stream(msgs, config={"callbacks": [tokens]}))
+    assert "".join(c.content for c in chunks) == full.content == "".join(tokens.pieces)
+    assert chunks[-1].chunk_position == "last" and chunks[-1].usage_metadata["input_tokens"] == full.usage_metadata["input_tokens"]
+    # The reader renders the same conversation through the chat template as complete() does.
+    direct = chat.get_reader().complete([{"role": "system", "content": "Be brief."},
+                                         {"role": "user", "content": "Which river is in Africa?"}], max_tokens=12)
+    assert direct.text == full.content
+    assert chat.invoke([HumanMessage("hi"), AIMessage("hello"), HumanMessage("more")]).content
+    assert chat.get_reader().weights_fingerprint() == before
+
+
+def test_chat_model_stop_and_max_tokens(chat, tiny):
+    from rag_lfm.integrations.langchain import RagLfmChatModel
+
+    text = chat.invoke("Hello").content
+    stop = text[4:6]
+    cut = text[: text.find(stop)]
+    assert chat.invoke("Hello", stop=[stop]).content == cut
+    assert RagLfmChatModel(model=tiny, device="cpu", max_tokens=12, stop=[stop]).invoke("Hello").content == cut
+    assert "".join(c.content for c in chat.stream("Hello", stop=[stop])) == cut
+    short = chat.invoke("Hello", max_tokens=3)
+    assert short.usage_metadata["output_tokens"] == 3 and text.startswith(short.content)
+
+
+def test_chat_model_errors_are_ours(chat, tiny):
+    from langchain_core.messages import HumanMessage, ToolMessage
+
+    from rag_lfm.integrations.langchain import RagLfmChatModel
+
+    with pytest.raises(ConfigError, match="decodes greedily"):
+        RagLfmChatModel(model=tiny, temperature=0.7)
+    with pytest.raises(ConfigError, match="unknown argument.*max_new_tokens"):
+        RagLfmChatModel(model=tiny, max_new_tokens=5)
+    with pytest.raises(ConfigError, match="max_tokens=0"):
+        RagLfmChatModel(model=tiny, max_tokens=0)
+    with pytest.raises(ConfigError, match="'image' content block.*text only"):
+        chat.invoke([HumanMessage(content=[{"type": "text", "text": "look"}, {"type": "image", "url": "http://x/y.png"}])])
+    with pytest.raises(ConfigError, match="ToolMessage.*no tool calling"):
+        chat.invoke([HumanMessage("hi"), ToolMessage("42", tool_call_id="t1")])
+    with pytest.raises(ConfigError, match="one frozen model"):
+        chat.invoke("hi", model="other")
+    with pytest.raises(ConfigError, match="unknown argument.*top_p"):
+        chat.invoke("hi", top_p=0.9)
+    from rag_lfm.errors import ModelNotFoundError
+
+    with pytest.raises(ModelNotFoundError):
+        RagLfmChatModel(model=str(tiny) + "-missing").invoke("hi")
+
+
+def test_qa_keeps_the_readers_answering_and_cites_documents(wiki_kb, chat):
+    from rag_lfm.integrations.langchain import RagLfmQA
+    from rag_lfm.readers import ask
+
+    reader = chat.get_reader()
+    retriever = RagLfmRetriever(kb=wiki_kb, k=3)
+    qa = RagLfmQA(retriever, reader=chat)
+    q = "Which river is in northeastern Africa?"
+    out = qa.invoke(q)
+    assert set(out) == {"question", "answer", "citations", "strategy", "finish_reason"}
+    # Exactly what rag-lfm's own ask() answers: copy-constrained decoding, titles scored as candidates.
+    want = ask(retriever.retriever, q, reader=reader, k=3)
+    assert out["answer"] == want.text and out["strategy"] == "in-context"
+    passages = " ".join(d.page_content for d in out["citations"])
+    titles = {d.metadata["rag_lfm"]["title"] for d in out["citations"]}
+    assert out["answer"] in passages or out["answer"] in titles  # a span of the passages, or a scored title
+    docs = retriever.invoke(q)
+    assert [d.id for d in out["citations"]] == [d.id for d in docs][: len(out["citations"])]
+    for n, d in enumerate(out["citations"], 1):
+        prov = d.metadata["rag_lfm"]
+        assert prov["number"] == n and wiki_kb.fetch([prov["chunk_id"]])[0].text.startswith(d.page_content.rstrip(" ."))
+        assert d.metadata["topic"] in {"Arts", "Places", "Science"}  # the document's own metadata is kept
+    assert qa.invoke({"question": q}, k=1)["citations"][0].id == docs[0].id
+    assert qa.invoke(q, filter={"topic": "Science"})["citations"][0].id == "Marie Curie"
+    assert qa.invoke(q, strategy="extractive")["answer"] == docs[0].id
+
+
+def test_qa_batch_retrieves_in_one_pass(wiki_kb, chat):
+    from rag_lfm.integrations.langchain import RagLfmQA
+
+    qa = RagLfmQA(wiki_kb, reader=chat.get_reader(), k=2)
+    qs = ["Who studied radioactivity?", "Which tower is in Paris?", "What is the highest mountain?"]
+    wiki_kb.embedder.passes = 0
+    many = qa.batch(qs)
+    assert wiki_kb.embedder.passes == 1
+    assert [m["answer"] for m in many] == [qa.invoke(q)["answer"] for q in qs]
+    with pytest.raises(ConfigError, match="input 0 must be a non-empty question"):
+        qa.invoke({"query": "x"})
+    with pytest.raises(ConfigError, match="unknown reader strategy"):
+        qa.invoke(qs[0], strategy="magic")
+
+
+def test_readme_lcel_chain_answers_with_reachable_citations(wiki_kb, chat):
+    """The README's chain, run as written (with the tiny model: the plumbing, not the answer's quality)."""
+    from langchain_core.output_parsers import StrOutputParser
+    from langchain_core.prompts import ChatPromptTemplate
+    from langchain_core.runnables import RunnableParallel, RunnablePassthrough
+
+    from rag_lfm.integrations.langchain import format_documents
+
+    retriever = RagLfmRetriever(kb=wiki_kb, k=3)
+    prompt = ChatPromptTemplate.from_messages([
+        ("system", "Answer from the numbered passages only, in one short sentence; cite the passage as [n]."),
+        ("human", "{context}\n\nQuestion: {question}"),
+    ])
+    chain = {"context": retriever | format_documents, "question": RunnablePassthrough()} | prompt | chat | StrOutputParser()
+    answer = chain.invoke("Which tower is in Paris?")
+    assert isinstance(answer, str) and answer
+    # The same chain keeping its sources: every [n] the answer cites is a retrieved Document,
+    # and every retrieved Document leads back to its chunk in the index.
+    with_sources = RunnableParallel(docs=retriever, question=RunnablePassthrough()).assign(
+        answer=(lambda x: {"context": format_documents(x["docs"]), "question": x["question"]}) | prompt | chat | StrOutputParser()
+    )
+    out = with_sources.invoke("Which tower is in Paris?")
+    assert out["answer"] == answer and out["docs"][0].id == "Eiffel Tower"
+    assert check_citations(out["answer"], out["docs"], wiki_kb)
+
+
+def check_citations(answer: str, docs: list, kb) -> bool:
+    """Every ``[n]`` in ``answer`` names one of ``docs``, and every doc's chunk is in ``kb`` with its text."""
+    import re
+
+    cited = [int(n) for n in re.findall(r"\[(\d+)\]", answer)]
+    assert all(1 <= n <= len(docs) for n in cited), (answer, len(docs))
+    for d in docs:
+        chunk = kb.fetch([d.metadata["rag_lfm"]["chunk_id"]])[0]
+        assert chunk.text == d.page_content and chunk.doc_id == d.id
+    return True
+
+
+@pytest.mark.slow
+def test_readme_chain_and_qa_with_smollm2(tmp_path):
+    """The real packaged reader on a small index of wiki-vital leads: both ways answer, with sources."""
+    pytest.importorskip("gguf")
+    from langchain_core.output_parsers import StrOutputParser
+    from langchain_core.prompts import ChatPromptTemplate
+    from langchain_core.runnables import RunnablePassthrough
+
+    from rag_lfm.connectors.wiki import load_wiki_vital
+    from rag_lfm.integrations.langchain import RagLfmChatModel, RagLfmQA, format_documents
+
+    titles = ["Vincent van Gogh", "Claude Monet", "Paul Cézanne", "Eiffel Tower", "Nile", "Marie Curie", "Rembrandt"]
+    leads = {e["title"]: e for e in load_wiki_vital()}
+    kb = KnowledgeBase.create(tmp_path / "kb", embedder="all-MiniLM-L6-v2", device="cpu")
+    kb.ingest(InMemory([Document(t, leads[t]["extract"], {"title": t}) for t in titles], name="wiki"), progress=False)
+    retriever = RagLfmRetriever(kb=kb, k=3)
+    model = RagLfmChatModel(max_tokens=40, device="cpu")
+    prompt = ChatPromptTemplate.from_messages([
+        ("system", "Answer from the numbered passages only, in one short sentence; cite the passage as [n]."),
+        ("human", "{context}\n\nQuestion: {question}"),
+    ])
+    chain = {"context": retriever | format_documents, "question": RunnablePassthrough()} | prompt | model | StrOutputParser()
+    q = "Who discovered polonium and radium?"
+    answer = chain.invoke(q)
+    assert "Curie" in answer
+    assert check_citations(answer, retriever.invoke(q), kb)
+    out = RagLfmQA(retriever, reader=model).invoke("Which Dutch painter cut off part of his own ear?")
+    assert out["answer"] == "Vincent van Gogh" and "Vincent van Gogh" in [d.id for d in out["citations"]]

@@ -124,3 +124,105 @@ class TestRagLfmEmbeddingsMiniLMStandard(EmbeddingsIntegrationTests):
     @property
     def embedding_model_params(self) -> dict:
         return {"model": "all-MiniLM-L6-v2", "device": "cpu"}
+
+
+# -- Chat model -----------------------------------------------------------------------------------
+from langchain_tests.integration_tests import ChatModelIntegrationTests  # noqa: E402
+from langchain_tests.unit_tests import ChatModelUnitTests  # noqa: E402
+
+from rag_lfm.integrations.langchain import RagLfmChatModel  # noqa: E402
+
+_TINY: dict[str, str] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_chat_model(tmp_path_factory):
+    """A randomly initialised 2-layer Llama with a chat template, saved once for the chat-model suites."""
+    from rag_lfm.readers.testing import save_tiny_llama
+
+    _TINY["path"] = save_tiny_llama(tmp_path_factory.mktemp("tiny-chat"), chat=True)
+    yield _TINY["path"]
+
+
+class _ChatSuite:
+    """What both chat-model suites share: the model, and the features a 135M local model has not."""
+
+    @property
+    def chat_model_class(self):
+        return RagLfmChatModel
+
+    @property
+    def chat_model_params(self) -> dict:
+        return {"model": _TINY["path"], "device": "cpu"}
+
+    @property
+    def has_tool_calling(self) -> bool:
+        return False  # no tool-call format, no tool-trained weights: a 135M reader model cannot call tools
+
+    @property
+    def has_tool_choice(self) -> bool:
+        return False  # follows from no tool calling
+
+    @property
+    def has_structured_output(self) -> bool:
+        return False  # no JSON mode or schema-constrained decoding in the reader (greedy text only)
+
+    @property
+    def supports_json_mode(self) -> bool:
+        return False  # as above: nothing constrains the output to JSON
+
+    @property
+    def supports_image_inputs(self) -> bool:
+        return False  # a text-only language model: image blocks are refused with a clear error
+
+    @property
+    def supports_image_urls(self) -> bool:
+        return False  # text-only, and offline: nothing to fetch a URL with
+
+    @property
+    def supports_pdf_inputs(self) -> bool:
+        return False  # text-only (rag-lfm reads PDFs through PdfConnector into an index instead)
+
+    @property
+    def supports_audio_inputs(self) -> bool:
+        return False  # text-only
+
+    @property
+    def supports_video_inputs(self) -> bool:
+        return False  # text-only
+
+    @property
+    def supports_image_tool_message(self) -> bool:
+        return False  # no tools, no images
+
+    @property
+    def supports_pdf_tool_message(self) -> bool:
+        return False  # no tools, no PDFs
+
+    @property
+    def supports_anthropic_inputs(self) -> bool:
+        return False  # Anthropic-format content blocks (tool_use, images) are not text
+
+    @property
+    def supports_model_override(self) -> bool:
+        return False  # one instance holds one frozen model; a per-call model= is refused with a clear error
+
+    @property
+    def returns_usage_metadata(self) -> bool:
+        return True  # prompt and completion token counts come from the reader
+
+    @property
+    def enable_vcr_tests(self) -> bool:
+        return False  # VCR records HTTP calls; a local model makes none
+
+
+class TestRagLfmChatModelUnit(_ChatSuite, ChatModelUnitTests):
+    pass
+
+
+class TestRagLfmChatModelIntegration(_ChatSuite, ChatModelIntegrationTests):
+    @property
+    def standard_chat_model_params(self) -> dict:
+        # Short replies keep the suite fast on CPU (random weights say nothing worth 256 tokens);
+        # the tests that build the model from chat_model_params alone still run the default.
+        return {"max_tokens": 16}

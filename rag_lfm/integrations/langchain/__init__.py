@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rag_lfm.integrations.langchain._common import PROVENANCE_KEY, hit_to_document, translate_filter
+from rag_lfm.integrations.langchain._common import PROVENANCE_KEY, format_documents, hit_to_document, translate_filter
 from rag_lfm.integrations.langchain.embeddings import LangChainEmbedder, RagLfmEmbeddings
 from rag_lfm.integrations.langchain.retriever import RagLfmRetriever
 from rag_lfm.integrations.langchain.vectorstore import RagLfmVectorStore
@@ -52,6 +52,7 @@ __all__ = [
     "RagLfmQA",
     "RagLfmRetriever",
     "RagLfmVectorStore",
+    "format_documents",
     "hit_to_document",
     "translate_filter",
 ]

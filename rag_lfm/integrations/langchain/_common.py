@@ -151,3 +151,21 @@ def check_unknown(given: dict[str, Any], valid: Any, what: str) -> None:
     unknown = sorted(set(given) - set(valid))
     if unknown:
         raise ConfigError(f"{what} got unknown argument(s) {', '.join(unknown)}; valid arguments: {', '.join(sorted(valid))}")
+
+
+def format_documents(docs: list[LCDocument]) -> str:
+    """Retrieved Documents as numbered passages for a prompt: ``[n] title`` then the text.
+
+    The numbers are the Documents' positions (1-based), so ``[n]`` in an answer points back
+    to ``docs[n - 1]`` and, through ``metadata["rag_lfm"]["chunk_id"]``, to the chunk in the index.
+
+    Example:
+        >>> print(format_documents([LCDocument("Paris is in France.", metadata={"title": "Paris"}, id="p")]))
+        [1] Paris
+        Paris is in France.
+    """
+    blocks = []
+    for i, d in enumerate(docs, 1):
+        title = d.metadata.get("title") if isinstance(d.metadata, dict) else None
+        blocks.append(f"[{i}] {title or d.id or ''}".rstrip() + f"\n{d.page_content}")
+    return "\n\n".join(blocks)
