@@ -135,7 +135,7 @@ from rag_lfm.integrations.langchain import RagLfmChatModel  # noqa: E402
 _TINY: dict[str, str] = {}
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def tiny_chat_model(tmp_path_factory):
     """A randomly initialised 2-layer Llama with a chat template, saved once for the chat-model suites."""
     from rag_lfm.readers.testing import save_tiny_llama
@@ -146,6 +146,10 @@ def tiny_chat_model(tmp_path_factory):
 
 class _ChatSuite:
     """What both chat-model suites share: the model, and the features a 135M local model has not."""
+
+    @pytest.fixture(autouse=True)
+    def _tiny(self, tiny_chat_model):
+        pass  # the suites read the folder through chat_model_params
 
     @property
     def chat_model_class(self):
