@@ -21,8 +21,15 @@ fewer than k; ours restricts the search itself) and its p50; overlap@k of the un
 results with the peer's (a check that both sides search the same thing).
 Targets (issue 12): add_texts >= 1.5x the peer's docs/s, similarity_search p50 <= 0.7x.
 
+``--qa N`` adds a quality comparison on our store (load-independent): the README's chain
+(``retriever | prompt | RagLfmChatModel | StrOutputParser()``) against ``RagLfmQA`` on N
+questions of the built-in task's dev split whose articles are among the n leads (exact
+match, token F1, answer length in words, share of answers cut by ``max_tokens``); same
+retriever (k=3), same frozen SmolLM2-135M-Instruct. ``--qa-only`` skips the speed rows.
+
     python benchmarks/bench_langchain.py --size S          # 2,000 leads
     python benchmarks/bench_langchain.py --size M --json   # 10,000 leads
+    python benchmarks/bench_langchain.py --size S --qa 100 --qa-only
 """
 
 from __future__ import annotations
@@ -85,7 +92,15 @@ def run_peer(model_path, texts, metas, ids, queries, k):
     return {"setup_s": setup, **measure(store, texts, metas, ids, queries, k)}
 
 
-def run_ours(backend, workdir, texts, metas, ids, queries, k):
+def print_qa(qa):
+    print(f"QA on {qa['questions']} dev questions of the built-in task (k=3, SmolLM2-135M-Instruct, max_tokens 48):")
+    print(f"{'way':<10} {'EM':>6} {'F1':>6} {'words':>6} {'cut':>6} {'seconds':>8}")
+    for name in ("chain", "RagLfmQA"):
+        r = qa[name]
+        print(f"{name:<10} {r['EM']:6.3f} {r['F1']:6.3f} {r['words_mean']:6.1f} {r['cut_share']:6.2f} {r['seconds']:8.1f}")
+
+
+def run_ours(backend, workdir, texts, metas, ids, queries, k, qa_questions=0, entries=None):
     from rag_lfm.integrations.langchain import RagLfmEmbeddings, RagLfmVectorStore
 
     path = Path(workdir) / f"ours-{backend}"
@@ -96,7 +111,44 @@ def run_ours(backend, workdir, texts, metas, ids, queries, k):
     setup = time.perf_counter() - t
     store = RagLfmVectorStore.create(path, embedding=emb)
     out = {"setup_s": setup, **measure(store, texts, metas, ids, queries, k), "index": store.kb.index.factory}
+    if qa_questions:
+        out["qa"] = run_qa(store, entries, qa_questions)
     store.kb.close()
+    return out
+
+
+def run_qa(store, entries, n_questions, max_tokens=48):
+    """The README chain vs RagLfmQA on the built-in task's dev questions (quality only)."""
+    from langchain_core.output_parsers import StrOutputParser
+    from langchain_core.prompts import ChatPromptTemplate
+    from langchain_core.runnables import RunnablePassthrough
+
+    from rag_lfm.eval.qa import exact_match, token_f1, wiki_vital_task
+    from rag_lfm.integrations.langchain import RagLfmChatModel, RagLfmQA, RagLfmRetriever, format_documents
+
+    examples = wiki_vital_task(n_questions, split="dev", entries=entries)
+    retriever = RagLfmRetriever(kb=store.kb, k=3)
+    model = RagLfmChatModel(max_tokens=max_tokens)
+    prompt = ChatPromptTemplate.from_messages([
+        ("system", "Answer from the numbered passages only, in one short sentence; cite the passage as [n]."),
+        ("human", "{context}\n\nQuestion: {question}"),
+    ])
+    chain = {"context": retriever | format_documents, "question": RunnablePassthrough()} | prompt | model | StrOutputParser()
+    qa = RagLfmQA(retriever, reader=model)
+    out = {}
+    for name, answer in (("chain", lambda q: (chain.invoke(q), None)),
+                         ("RagLfmQA", lambda q: (lambda o: (o["answer"], o["finish_reason"]))(qa.invoke(q)))):
+        em, f1, words, cut = [], [], [], 0
+        t = time.perf_counter()
+        for ex in examples:
+            text, _ = answer(ex.question)
+            em.append(exact_match(text, ex.answers))
+            f1.append(token_f1(text, ex.answers))
+            words.append(len(text.split()))
+            cut += len(model.get_reader().tokenizer(text, add_special_tokens=False)["input_ids"]) >= max_tokens
+        out[name] = {"EM": float(np.mean(em)), "F1": float(np.mean(f1)), "words_mean": float(np.mean(words)),
+                     "cut_share": cut / len(examples), "seconds": time.perf_counter() - t}
+    out["questions"] = len(examples)
     return out
 
 
@@ -109,6 +161,8 @@ def main() -> None:
     ap.add_argument("--backend", default="openvino-int8", help="our embedder backend for the main row (torch is always run too)")
     ap.add_argument("--threads", type=int, default=None, help="pin torch and FAISS to this many threads (default: library defaults)")
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--qa", type=int, default=0, help="also compare the README chain with RagLfmQA on N dev questions")
+    ap.add_argument("--qa-only", action="store_true", help="skip the speed rows (build our store, run --qa)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     n = args.n or SIZES[args.size]
@@ -131,10 +185,23 @@ def main() -> None:
     ids = [e["title"] for e in entries]
     queries = [e["description"] for e in entries if len(e.get("description", "").split()) >= 3][: args.queries]
     workdir = args.workdir or tempfile.mkdtemp(prefix="bench_langchain_")
+    if args.qa_only:
+        from rag_lfm.integrations.langchain import RagLfmEmbeddings, RagLfmVectorStore
+
+        store = RagLfmVectorStore.create(Path(workdir) / "qa", embedding=RagLfmEmbeddings("all-MiniLM-L6-v2", backend=args.backend))
+        store.add_texts(texts, metas, ids=ids)
+        qa = run_qa(store, entries, args.qa or 100)
+        print_qa(qa)
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+        if args.json:
+            print(json.dumps({"n": n, "qa": qa}))
+        return
     rows = {"langchain FAISS (torch)": run_peer(resolve_model("all-MiniLM-L6-v2"), texts, metas, ids, queries, args.k)}
     backends = [args.backend] + (["torch"] if args.backend != "torch" else [])
     for b in backends:
-        rows[f"rag-lfm {b}"] = run_ours(b, workdir, texts, metas, ids, queries, args.k)
+        rows[f"rag-lfm {b}"] = run_ours(b, workdir, texts, metas, ids, queries, args.k,
+                                        qa_questions=args.qa if b == args.backend else 0, entries=entries)
     if args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -152,6 +219,8 @@ def main() -> None:
           f"similarity_search p50 <= 0.7x: {'met' if ours['p50_ratio'] <= 0.7 else 'NOT met'} ({ours['p50_ratio']:.2f}x); "
           f"filter {{'bucket': {BUCKET}}} ({sum(m['bucket'] == BUCKET for m in metas)} of {n} documents) at k={args.k}: "
           f"peer {peer['filter_hits_mean']:.2f} hits per query, ours {ours['filter_hits_mean']:.2f}")
+    if "qa" in ours:
+        print_qa(ours["qa"])
     if args.json:
         for r in rows.values():
             r.pop("top_ids")
