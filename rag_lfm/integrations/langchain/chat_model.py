@@ -19,8 +19,8 @@ naming it), greedy decoding only (``temperature`` 0 or None).
 
 Example:
     >>> from langchain_core.prompts import ChatPromptTemplate                     # doctest: +SKIP
-    >>> model = RagLfmChatModel(max_tokens=32)                                   # SmolLM2-135M-Instruct
-    >>> (ChatPromptTemplate.from_messages([("human", "{q}")]) | model).invoke({"q": "Hi"}).content
+    >>> model = RagLfmChatModel(max_tokens=32)  # SmolLM2-135M-Instruct          # doctest: +SKIP
+    >>> (ChatPromptTemplate.from_messages([("human", "{q}")]) | model).invoke({"q": "Hi"}).content  # doctest: +SKIP
 """
 
 from __future__ import annotations
