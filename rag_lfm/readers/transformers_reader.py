@@ -400,7 +400,8 @@ class TransformersReader:
             # rows_ok is filled on the CPU: index it with a CPU copy, made once (on a GPU,
             # stop_rows.cpu() inside the row loop was a device sync per row per step).
             stop_rows_cpu = stop_rows.cpu()
-            for step in range(self.max_new_tokens if max_new_tokens is None else max_new_tokens):
+            n_steps = self.max_new_tokens if max_new_tokens is None else max_new_tokens
+            for step in range(n_steps):
                 if on_logits is not None:
                     on_logits(logits)
                 rows_ok = None
@@ -450,8 +451,8 @@ class TransformersReader:
                 for g in is_stop.nonzero().flatten().tolist():
                     reasons[g] = "stop"
                 done |= is_stop
-                if bool(done.all()):
-                    break
+                if bool(done.all()) or step + 1 == n_steps:
+                    break  # (no forward pass for a token that would never be read)
                 tok_r = tok_g[group_idx]
                 if copy is not None:
                     for r, t in enumerate(tok_r.tolist()):
