@@ -208,9 +208,14 @@ def test_fifty_concurrent_clients_lose_no_request(server, kb, reader):
         r = httpx.post(server.url + "/ask", json={"question": questions[i], "k": 2}, timeout=120)
         return r.status_code, r.json()["text"]
 
+    before = httpx.get(server.url + "/health").json()
     with ThreadPoolExecutor(max_workers=50) as pool:
         results = list(pool.map(one, range(50)))
     assert [s for s, _ in results] == [200] * 50
+    after = httpx.get(server.url + "/health").json()
+    assert after["answered"] - before["answered"] == 40
+    # questions that waited together were answered as one batch (and the answers did not change)
+    assert after["answer_batches"] - before["answer_batches"] < 40
     for i, (_, text) in enumerate(results):
         want = reader.complete(questions[i], max_tokens=3).text if i % 5 == 4 else expected[i]
         assert text == want, i
