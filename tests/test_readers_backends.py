@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import logging
 import os
@@ -169,6 +170,9 @@ def test_replug_through_rag_lfm_serve_equals_in_process(serve_process, chars_mod
         assert [[c.weight for c in a.citations] for a in got] == [[c.weight for c in a.citations] for a in want]
     streamed = "".join(remote.stream(QUESTIONS[0], passages[0], strategy="replug"))
     assert streamed == local.generate(QUESTIONS[0], passages[0], strategy="replug").text
+    # one request per prompt (for servers that take one prompt per request) gives the same
+    one_by_one = openai_reader(url, chars_model, one_shot=False, batch_prompts=False)
+    assert one_by_one.generate(QUESTIONS[0], passages[0], strategy="replug").text == streamed
     # and through the pipeline, against the same index
     assert [a.text for a in ask_batch(kb, QUESTIONS[:2], reader=remote, strategy="replug", k=3)] == \
         [a.text for a in ask_batch(kb, QUESTIONS[:2], reader=local, strategy="replug", k=3)]
@@ -233,6 +237,75 @@ def test_registry_names_the_valid_choices():
         make_reader("openai")
     with pytest.raises(ConfigError, match="NAME of an environment variable"):
         make_reader("openai", "m", api_key_env="sk-live-abc123-looks-like-a-key")
+
+
+def test_openai_reader_against_llama_cpps_own_server():
+    """llama-cpp-python's OpenAI-compatible server, where its `server` extra is installed."""
+    for mod in ("llama_cpp", "llama_cpp.server.app", "openai"):
+        try:
+            importlib.import_module(mod)
+        except ImportError as exc:
+            pytest.skip(f"{mod} is not importable ({exc}): pip install \"llama-cpp-python[server]\" openai")
+    import httpx
+
+    from rag_lfm.readers.convert import smollm2_gguf
+    from rag_lfm.readers.openai_reader import OpenAIReader
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()), "--port",
+                             str(port), "--host", "127.0.0.1", "--logits_all", "true", "--n_threads", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                pytest.fail("llama_cpp.server did not start")
+            time.sleep(0.3)
+        reader = OpenAIReader("smollm2", base_url=f"http://127.0.0.1:{port}/v1", api="completions",
+                              batch_prompts=False, top_logprobs=5, max_new_tokens=8, max_retries=0)
+        passage = Hit(1, "Claude Monet", 0.8, "Oscar-Claude Monet was a French painter and founder of "
+                      "Impressionism.", {"title": "Claude Monet"}, "wiki")
+        for strategy in ("in-context", "replug"):
+            a = reader.generate("Which French painter founded Impressionism?", [passage], strategy=strategy)
+            assert "Monet" in a.text and a.citations[0].doc_id == "Claude Monet", (strategy, a.text)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+
+
+def test_cli_reader_options(kb, chars_model):
+    from typer.testing import CliRunner
+
+    from rag_lfm.cli import app
+
+    runner = CliRunner()
+    wrong = runner.invoke(app, ["ask", str(kb.path), "q", "--model", chars_model, "--base-url", "http://x/v1"])
+    assert wrong.exit_code == 2 and "--reader openai only" in wrong.output
+    unknown = runner.invoke(app, ["ask", str(kb.path), "q", "--reader", "vllm"])
+    assert unknown.exit_code == 2 and "valid readers" in unknown.output
+    copy = runner.invoke(app, ["ask", str(kb.path), "q", "--reader", "openai", "--model", "m", "--constrain", "copy"])
+    assert copy.exit_code == 2 and "logits" in copy.output
+
+
+@needs_llama
+def test_cli_ask_with_the_llamacpp_reader(kb):
+    import json
+
+    from typer.testing import CliRunner
+
+    from rag_lfm.cli import app
+
+    res = CliRunner().invoke(app, ["ask", str(kb.path), "Which lattice tower is in Paris?", "-k", "2", "--reader",
+                                   "llamacpp", "--max-new-tokens", "6", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output.strip().splitlines()[-1])
+    assert data["model"].startswith("SmolLM2") and data["citations"][0]["doc_id"] == "Eiffel Tower"
+    assert "Eiffel" in data["text"]
 
 
 # -- llama.cpp ------------------------------------------------------------------------------------------------

@@ -31,8 +31,8 @@ from rag_lfm.readers.types import Answer, Citation, Completion
 
 
 def __getattr__(name: str) -> Any:
-    # The llama.cpp and OpenAI readers import numpy-only code at most, but keep their
-    # modules out of `import rag_lfm.readers` so the core stays light.
+    # Imported on first use: `import rag_lfm.readers` stays as light as it was, and the
+    # llama.cpp and OpenAI client libraries are only imported when those readers are made.
     if name == "LlamaCppReader":
         from rag_lfm.readers.llamacpp_reader import LlamaCppReader
 

@@ -11,10 +11,10 @@ and rendered with its chat template), the same copy constraint, the same REPLUG 
 (one prompt per passage, next-token distributions mixed with the retrieval weights,
 token by token), the same rescoring of whole candidate answers. Each step evaluates
 only the tokens that differ from what llama.cpp's KV cache already holds (the longest
-common prefix is kept), so a single prompt costs one token per step; under REPLUG the
-k prompts take turns in the one cache and each turn re-evaluates the part after the
-shared instructions (the passage and question, ~100 tokens), which is what makes
-REPLUG here several times slower than in-context.
+common prefix is kept), so a single prompt costs one token per step. Under REPLUG the
+k prompts take turns in llama.cpp's one cache: each prompt's cache is saved after its
+turn and restored before the next (a memory copy, ``state_memory_mb`` bounds them), so
+its passage is evaluated once, not at every step.
 
 Install: ``pip install "rag-lfm[llamacpp]"`` (builds llama.cpp from source, ~18 min on
 2 cores; ``pip install --find-links ../shared/wheels llama-cpp-python==0.3.36`` takes a
@@ -150,6 +150,9 @@ class LlamaCppReader:
         max_new_tokens, max_passage_tokens, min_passage_tokens, replug_temperature, stop_at_newline,
         use_chat_template, constrain, one_shot, candidates: as for
             :class:`~rag_lfm.readers.TransformersReader`, with the same defaults.
+        state_memory_mb: under REPLUG the k prompts take turns in llama.cpp's one KV cache; each
+            prompt's cache is saved after its turn and restored at the next (a copy, instead of
+            re-evaluating its passage), within this many MiB (past it, prompts are re-evaluated).
         verbose: let llama.cpp print its loading log to stderr.
     """
 
@@ -172,6 +175,7 @@ class LlamaCppReader:
         constrain: str = "copy",
         one_shot: bool = True,
         candidates: str = "titles",
+        state_memory_mb: float = 512.0,
         verbose: bool = False,
     ) -> None:
         for label, value in [("max_new_tokens", max_new_tokens), ("max_passage_tokens", max_passage_tokens),
@@ -201,7 +205,9 @@ class LlamaCppReader:
         self.one_shot = one_shot
         self.candidates = candidates
         self.verbose = verbose
+        self.state_memory_mb = float(state_memory_mb)
         self.context_window = self.n_ctx
+        self._states: dict[int, tuple[np.ndarray, Any]] = {}
         self._llm: Any = None
         self._tokenizer: _LlamaTokenizer | None = None
         self._prompts: PromptBuilder | None = None
@@ -267,23 +273,59 @@ class LlamaCppReader:
         return h.hexdigest()
 
     # -- the model: next-token logits for a token sequence --------------------------------------
-    def _next_logits(self, tokens: Sequence[int]) -> np.ndarray:
-        """The logits after ``tokens``; only the part the KV cache does not already hold is evaluated."""
+    def _next_logits(self, tokens: Sequence[int], row: int | None = None) -> np.ndarray:
+        """The logits after ``tokens``; only the part the KV cache does not already hold is evaluated.
+
+        ``row`` names one of several sequences that take turns (REPLUG's prompts): after
+        its turn its KV cache is saved, and restored at its next turn when that saves
+        more than re-evaluating (``state_memory_mb`` bounds what is kept).
+        """
         llm = self._llm
-        held = llm.input_ids[: llm.n_tokens]
-        n = min(len(held), len(tokens) - 1)  # at least one token is evaluated, for fresh logits
-        common = 0
-        if n > 0:
-            diff = np.nonzero(np.asarray(held[:n]) != np.asarray(tokens[:n], dtype=held.dtype))[0]
-            common = int(diff[0]) if len(diff) else n
         if len(tokens) > self.n_ctx:
             raise PromptTooLongError(
                 f"{len(tokens)} tokens do not fit llama.cpp's context window n_ctx={self.n_ctx}; raise n_ctx"
             )
+        common = self._common(llm.input_ids[: llm.n_tokens], tokens)
+        saved = self._states.get(row) if row is not None else None
+        if saved is not None:
+            held, blob = saved
+            reuse = self._common(held, tokens)
+            if reuse > common + 8:  # restoring copies the cache: worth it when it saves evaluating tokens
+                lc = self._llama_cpp()
+                if lc.llama_state_seq_set_data(llm.ctx, blob, len(blob), 0):
+                    llm.input_ids[: len(held)] = held
+                    llm.n_tokens = len(held)
+                    common = reuse
         llm.n_tokens = common  # eval() first drops the cache beyond n_tokens
         llm.eval(list(tokens[common:]))
-        ptr = self._llama_cpp().llama_get_logits_ith(llm.ctx, -1)
-        return np.ctypeslib.as_array(ptr, shape=(len(self._tokenizer),)).copy()
+        logits = np.ctypeslib.as_array(self._llama_cpp().llama_get_logits_ith(llm.ctx, -1),
+                                       shape=(len(self._tokenizer),)).copy()
+        if row is not None:
+            self._save_state(row, tokens)
+        return logits
+
+    @staticmethod
+    def _common(held: Any, tokens: Sequence[int]) -> int:
+        """Length of the common prefix, leaving at least one token of ``tokens`` to evaluate (fresh logits)."""
+        n = min(len(held), len(tokens) - 1)
+        if n <= 0:
+            return 0
+        diff = np.nonzero(np.asarray(held[:n]) != np.asarray(tokens[:n], dtype=np.asarray(held).dtype))[0]
+        return int(diff[0]) if len(diff) else n
+
+    def _save_state(self, row: int, tokens: Sequence[int]) -> None:
+        lc = self._llama_cpp()
+        llm = self._llm
+        size = int(lc.llama_state_seq_get_size(llm.ctx, 0))
+        others = sum(len(b) for r, (_, b) in self._states.items() if r != row)
+        if size <= 0 or others + size > self.state_memory_mb * 2**20:
+            self._states.pop(row, None)
+            return
+        import ctypes
+
+        blob = (ctypes.c_uint8 * size)()
+        if lc.llama_state_seq_get_data(llm.ctx, blob, size, 0):
+            self._states[row] = (np.asarray(tokens, dtype=np.intc).copy(), blob)
 
     @staticmethod
     def _llama_cpp():
@@ -313,7 +355,7 @@ class LlamaCppReader:
         out: list[int] = []
         reason = "length"
         for step in range(self.max_new_tokens if max_new_tokens is None else max_new_tokens):
-            logits = [self._next_logits(r) for r in rows]
+            logits = [self._next_logits(r, row=i if len(rows) > 1 else None) for i, r in enumerate(rows)]
             if on_logits is not None:
                 on_logits(logits[0])
             lps = []
@@ -361,14 +403,14 @@ class LlamaCppReader:
                     c.advance(tok)
         return out, reason
 
-    def _sequence_logprob(self, prompt: list[int], answer: list[int]) -> float:
+    def _sequence_logprob(self, prompt: list[int], answer: list[int], row: int | None = None) -> float:
         """log p(answer tokens, then any stop token | prompt), unconstrained."""
         total = 0.0
         seq = list(prompt)
         for t in answer:
-            total += float(_log_softmax(self._next_logits(seq))[t])
+            total += float(_log_softmax(self._next_logits(seq, row))[t])
             seq.append(t)
-        lp = _log_softmax(self._next_logits(seq))
+        lp = _log_softmax(self._next_logits(seq, row))
         return total + float(np.logaddexp.reduce(lp[self._stop]))
 
     def _rescore(self, parts: list[PromptParts], weights: list[float] | None, decoded: list[int],
@@ -392,7 +434,8 @@ class LlamaCppReader:
             rows = list(range(len(parts)))
             if weights is not None and copy:
                 rows = [r for r in rows if _holds_span(parts[r].context_ids or [], ids)] or rows
-            scores = np.array([self._sequence_logprob(parts[r].ids, ids) for r in rows])
+            scores = np.array([self._sequence_logprob(parts[r].ids, ids, r if len(parts) > 1 else None)
+                               for r in rows])
             if weights is not None:
                 scores = scores + np.log(np.maximum(np.array([weights[r] for r in rows]), 1e-30))
             score = float(np.logaddexp.reduce(scores)) / (len(ids) + 1)
@@ -442,6 +485,7 @@ class LlamaCppReader:
         start = time.perf_counter()
         with self._lock:
             self.warm_up()
+            self._states.clear()  # saved caches belong to one question's prompts
             parts, weights = plan_prompts(self.prompts, question, passages, strategy, self.replug_temperature)
             copy = self.constrain == "copy" and strategy != "closed-book"
             gen, reason = self._decode([p.ids for p in parts], weights,
@@ -451,6 +495,7 @@ class LlamaCppReader:
                 best, scored = self._rescore(parts, weights, gen, copy)
                 if best is not gen:
                     gen, reason = best, "stop"
+            self._states.clear()
         text = _first_line(self._tokenizer.decode(gen, skip_special_tokens=True))
         answer = make_answer(question, strategy, parts, text, model=self.name, generated_tokens=len(gen),
                              finish_reason=reason, latency_s=time.perf_counter() - start)
@@ -472,8 +517,12 @@ class LlamaCppReader:
 
         def work(emit: Callable[[str], bool]) -> None:
             with self._lock:
-                self._decode([p.ids for p in parts], weights, on_token=lambda t: emit(text.push(t)),
-                             copy_from=[p.context_ids or [] for p in parts] if copy else None)
+                self._states.clear()
+                try:
+                    self._decode([p.ids for p in parts], weights, on_token=lambda t: emit(text.push(t)),
+                                 copy_from=[p.context_ids or [] for p in parts] if copy else None)
+                finally:
+                    self._states.clear()
             emit(text.flush())
 
         return thread_stream(work)
