@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from rag_lfm.errors import ConfigError, ModelNotFoundError
-from rag_lfm.readers.base import NoPassagesError, PromptTooLongError, check_strategy
-from rag_lfm.readers.prompts import PromptBuilder, PromptParts, _citation, passage_title
+from rag_lfm.readers.base import Capabilities, PromptTooLongError, check_reader, check_strategy
+from rag_lfm.readers.prompts import PromptBuilder, PromptParts, extractive_answer, make_answer, plan_prompts
 from rag_lfm.readers.streaming import TextAssembler, thread_stream
 from rag_lfm.readers.types import Answer, Completion
 from rag_lfm.types import Hit
@@ -191,6 +191,9 @@ class TransformersReader:
         self._cache_kw = "past_key_values"
         self.is_seq2seq = False
 
+    # Everything: the model runs in this process, its logits are at hand at every step.
+    capabilities = Capabilities(logprobs=True, logits=True, batching=True, streaming=True, completion=True)
+
     # -- loading -----------------------------------------------------------------------------
     @property
     def model(self):
@@ -310,26 +313,9 @@ class TransformersReader:
 
     # -- prompts ------------------------------------------------------------------------------
     def _plan(self, question: str, passages: Sequence[Hit], strategy: str) -> tuple[list[PromptParts], Any]:
-        """The prompts for one question (k of them under REPLUG) and their mixture weights."""
-        torch = _torch()
-        if strategy == "closed-book":
-            return [self.prompts.build(question, [])], None
-        if not passages:
-            raise NoPassagesError(
-                f"strategy {strategy!r} got no passages for question {question[:80]!r}: the index is empty or "
-                "the filter matched nothing; ingest documents first (`rag-lfm ingest`), loosen the filter, "
-                "or use strategy 'closed-book'"
-            )
-        if strategy == "in-context":
-            return [self.prompts.build(question, passages)], None
-        # replug: one prompt per passage, weights from the retrieval scores.
-        parts = [self.prompts.build(question, [hit]) for hit in passages]
-        scores = torch.tensor([float(h.score) for h in passages], dtype=torch.float32)
-        weights = torch.softmax(scores / self.replug_temperature, dim=0)
-        for number, (p, w) in enumerate(zip(parts, weights.tolist()), start=1):
-            for c in p.citations:
-                c.number, c.weight = number, float(w)
-        return parts, weights
+        """The prompts for one question (k of them under REPLUG) and their mixture weights (a tensor)."""
+        parts, weights = plan_prompts(self.prompts, question, passages, strategy, self.replug_temperature)
+        return parts, None if weights is None else _torch().tensor(weights, dtype=_torch().float32)
 
     # -- decoding -----------------------------------------------------------------------------
     def _forward(self, ids, mask, positions, cache):
@@ -414,7 +400,8 @@ class TransformersReader:
             # rows_ok is filled on the CPU: index it with a CPU copy, made once (on a GPU,
             # stop_rows.cpu() inside the row loop was a device sync per row per step).
             stop_rows_cpu = stop_rows.cpu()
-            for step in range(self.max_new_tokens if max_new_tokens is None else max_new_tokens):
+            n_steps = self.max_new_tokens if max_new_tokens is None else max_new_tokens
+            for step in range(n_steps):
                 if on_logits is not None:
                     on_logits(logits)
                 rows_ok = None
@@ -464,8 +451,8 @@ class TransformersReader:
                 for g in is_stop.nonzero().flatten().tolist():
                     reasons[g] = "stop"
                 done |= is_stop
-                if bool(done.all()):
-                    break
+                if bool(done.all()) or step + 1 == n_steps:
+                    break  # (no forward pass for a token that would never be read)
                 tok_r = tok_g[group_idx]
                 if copy is not None:
                     for r, t in enumerate(tok_r.tolist()):
@@ -622,6 +609,7 @@ class TransformersReader:
         up to ``batch_size`` rows or one question's k rows, whichever is more.
         """
         strategy = check_strategy(strategy)
+        check_reader(self, strategy)
         if passages is None:
             passages = [[] for _ in questions]
         if len(passages) != len(questions):
@@ -671,6 +659,7 @@ class TransformersReader:
         answer's raw text.
         """
         strategy = check_strategy(strategy)
+        check_reader(self, strategy)
         if strategy == "extractive":
             yield self._extractive(question, list(passages)).text
             return
@@ -872,36 +861,8 @@ class TransformersReader:
         return contexts
 
     def _answer(self, question, strategy, parts, passages, gen_ids, reason, latency) -> Answer:
-        text = self._text(gen_ids)
-        citations = [c for p in parts for c in p.citations]
-        dropped = parts[0].dropped if strategy == "in-context" else 0
-        return Answer(
-            text=text,
-            question=question,
-            strategy=strategy,
-            citations=citations,
-            dropped=dropped,
-            model=self.name,
-            prompt_tokens=sum(len(p.ids) for p in parts),
-            generated_tokens=len(gen_ids),
-            finish_reason=reason,
-            prompt_format=parts[0].fmt,
-            latency_s=latency,
-        )
+        return make_answer(question, strategy, parts, self._text(gen_ids), model=self.name,
+                           generated_tokens=len(gen_ids), finish_reason=reason, latency_s=latency)
 
     def _extractive(self, question: str, passages: list[Hit]) -> Answer:
-        """No model call: the top passage's title, else its first sentence (a fallback, and a floor)."""
-        if not passages:
-            raise NoPassagesError(
-                f"strategy 'extractive' got no passages for question {question[:80]!r}: the index is empty or "
-                "the filter matched nothing; ingest documents first, loosen the filter, or use strategy 'closed-book'"
-            )
-        start = time.perf_counter()
-        top = passages[0]
-        title = top.metadata.get("title") if isinstance(top.metadata, dict) else None
-        text = str(title) if title else top.text.strip().split(". ", 1)[0]
-        cite = _citation(1, top, passage_title(top), top.text, False)
-        return Answer(
-            text=text, question=question, strategy="extractive", citations=[cite], dropped=len(passages) - 1,
-            model="", prompt_format="none", latency_s=time.perf_counter() - start,
-        )
+        return extractive_answer(question, passages)
