@@ -539,3 +539,17 @@ def test_readme_chain_and_qa_with_smollm2(tmp_path):
     assert check_citations(answer, retriever.invoke(q), kb)
     out = RagLfmQA(retriever, reader=model).invoke("Which Dutch painter cut off part of his own ear?")
     assert out["answer"] == "Vincent van Gogh" and "Vincent van Gogh" in [d.id for d in out["citations"]]
+
+
+def test_chat_model_over_llama_cpp_reader():
+    """The same chat model over the llama.cpp reader (the packaged GGUF), where llama-cpp-python is installed."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (extra 'llamacpp')")
+    from rag_lfm.integrations.langchain import RagLfmChatModel
+
+    chat = RagLfmChatModel(reader="llamacpp", max_tokens=8)
+    msg = chat.invoke("Name the capital of France.")
+    assert msg.content and msg.usage_metadata["output_tokens"] <= 8
+    streamed = list(chat.stream("Name the capital of France."))
+    assert "".join(c.content for c in streamed) == msg.content and streamed[-1].usage_metadata["input_tokens"] > 0
+    with pytest.raises(ConfigError, match="unknown reader 'vllm'"):
+        RagLfmChatModel(reader="vllm")

@@ -59,12 +59,15 @@ class RagLfmChatModel(BaseChatModel):
     Args:
         model: a model folder or a known short name (default ``"SmolLM2-135M-Instruct"``,
             converted once from its packaged GGUF).
-        reader: an existing :class:`~rag_lfm.readers.TransformersReader` to share (its model
-            loads once for the chat model and :class:`RagLfmQA`); ``model`` is then its name.
+        reader: which reader runs the model: ``"transformers"`` (default), ``"llamacpp"`` (a GGUF
+            through llama.cpp, several times faster on a CPU) or ``"openai"`` (an OpenAI-compatible
+            server), as in :func:`rag_lfm.readers.registry.make_reader`; or a reader object to share
+            (its model loads once for the chat model and :class:`RagLfmQA`), ``model`` is then its name.
         max_tokens: the longest reply, in tokens (``invoke(..., max_tokens=n)`` per call).
         stop: strings that end the reply (cut from it); a call's ``stop`` adds to these.
         temperature: 0 or None: the reader decodes greedily (sampling is not offered).
-        device, dtype, context_window: as in ``TransformersReader``.
+        device, dtype, context_window: as in ``TransformersReader`` (passed to another reader
+            kind only where it takes them).
         streaming: make ``invoke`` stream internally (callbacks get every token).
         timeout, max_retries, api_key: accepted so code written for hosted chat models runs
             unchanged; unused (the model is local: nothing to wait for, retry or authorise).
@@ -103,7 +106,13 @@ class RagLfmChatModel(BaseChatModel):
             )
         data["stop"] = _check_stop(data.get("stop"), "stop")
         reader = data.get("reader")
-        if reader is not None:
+        if isinstance(reader, str):
+            from rag_lfm.readers.registry import READERS
+
+            kind = reader.strip().lower()
+            if kind.replace("-", "").replace("_", "").replace(".", "") not in (*READERS, "gguf", "hf"):
+                raise ConfigError(f"unknown reader {reader!r}; valid readers: {', '.join(READERS)} (or a reader object)")
+        elif reader is not None:
             if not (hasattr(reader, "complete") and hasattr(reader, "stream_complete")):
                 raise ConfigError(
                     f"reader={reader!r} has no complete()/stream_complete(); pass a rag_lfm.readers.TransformersReader"
@@ -114,7 +123,7 @@ class RagLfmChatModel(BaseChatModel):
         if "model" in data:
             data["model"] = str(data["model"])
         super().__init__(**data)
-        self._reader = reader
+        self._reader = None if isinstance(reader, str) else reader
 
     # -- the reader ---------------------------------------------------------------------------
     @property
@@ -126,12 +135,17 @@ class RagLfmChatModel(BaseChatModel):
         """The TransformersReader (created and loaded on first use, once)."""
         with self._load_lock:
             if self._reader is None:
-                from rag_lfm.readers import TransformersReader
+                from rag_lfm.readers.registry import make_reader, reader_options
 
-                self._reader = TransformersReader(
-                    self.model, device=self.device, dtype=self.dtype, context_window=self.context_window
-                )
-            return self._reader.warm_up()
+                kind = self.reader if isinstance(self.reader, str) else "transformers"
+                kind = {"gguf": "llamacpp", "hf": "transformers", "llama.cpp": "llamacpp"}.get(kind.lower(), kind.lower())
+                wanted = {"device": self.device, "dtype": self.dtype, "context_window": self.context_window}
+                takes = set(reader_options(kind))
+                self._reader = make_reader(kind, self.model, **{k: v for k, v in wanted.items() if k in takes})
+            warm = getattr(self._reader, "warm_up", None)
+            if callable(warm):
+                warm()  # load now, under the lock: concurrent first calls load the model once
+            return self._reader
 
     # -- LangChain's interface -----------------------------------------------------------------
     @property
@@ -202,21 +216,20 @@ class RagLfmChatModel(BaseChatModel):
                 run_manager.on_llm_new_token(piece, chunk=chunk)
             yield chunk
         # The stream reports text, not tokens: the prompt is counted exactly (the same
-        # rendering complete() uses), the reply by re-tokenizing its text.
-        tok = reader.tokenizer
-        prompt_tokens = len(reader._completion_ids(chat, max_tokens))
+        # rendering complete() uses), the reply by re-tokenizing its text; a reader without a
+        # local tokenizer (an OpenAI-compatible server) reports no usage in a stream.
         text = "".join(pieces)
-        out_tokens = len(tok(text, add_special_tokens=False)["input_ids"]) if text else 0
-        finish = "length" if out_tokens >= max_tokens else "stop"
+        usage, finish = None, None
+        render, tok = getattr(reader, "_completion_ids", None), getattr(reader, "tokenizer", None)
+        if callable(render) and callable(tok):
+            prompt_tokens = len(render(chat, max_tokens))
+            out_tokens = len(tok(text, add_special_tokens=False)["input_ids"]) if text else 0
+            usage = {"input_tokens": prompt_tokens, "output_tokens": out_tokens, "total_tokens": prompt_tokens + out_tokens}
+            finish = "length" if out_tokens >= max_tokens else "stop"
+        meta = {"model_name": self.model_name} | ({"finish_reason": finish} if finish else {})
         yield ChatGenerationChunk(
-            message=AIMessageChunk(
-                content="",
-                chunk_position="last",
-                usage_metadata={"input_tokens": prompt_tokens, "output_tokens": out_tokens,
-                                "total_tokens": prompt_tokens + out_tokens},
-                response_metadata={"model_name": self.model_name, "finish_reason": finish},
-            ),
-            generation_info={"finish_reason": finish},
+            message=AIMessageChunk(content="", chunk_position="last", usage_metadata=usage, response_metadata=meta),
+            generation_info={"finish_reason": finish} if finish else None,
         )
 
 
