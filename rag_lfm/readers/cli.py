@@ -6,6 +6,9 @@ Example (shell)::
     rag-lfm ask indexes/wiki-vital "..." --strategy replug -k 5 --json
     rag-lfm eval qa indexes/wiki-vital --builtin wiki-vital --n 100 --strategy in-context -k 1
     rag-lfm eval qa indexes/notes --data questions.jsonl --json
+    rag-lfm ask indexes/wiki-vital "..." --reader llamacpp --model path/to/model.gguf
+    rag-lfm ask indexes/wiki-vital "..." --reader openai --model qwen2.5 --base-url http://127.0.0.1:8080/v1
+    rag-lfm serve indexes/wiki-vital --reader llamacpp --port 8000
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ import typer
 from rag_lfm.errors import RagLfmError
 
 STRATEGY_HELP = "closed-book, in-context, replug or extractive."
+READER_HELP = "transformers (a local model folder), llamacpp (a GGUF file) or openai (an OpenAI-compatible URL)."
+MODEL_HELP = ("Reader model: a folder or known name (transformers), a .gguf file or known name (llamacpp), the served "
+              "model's name (openai). Default: the packaged SmolLM2-135M-Instruct.")
 
 
 def _fail(exc: BaseException) -> None:
@@ -26,13 +32,34 @@ def _fail(exc: BaseException) -> None:
     raise typer.Exit(2)
 
 
-def _reader(model: str, max_new_tokens: int, max_passage_tokens: int, device: str, dtype: str, constrain: str):
-    from rag_lfm.readers.transformers_reader import TransformersReader
+def _reader(model: str | None, max_new_tokens: int, max_passage_tokens: int, device: str, dtype: str,
+            constrain: str | None, *, kind: str = "transformers", base_url: str | None = None,
+            api_key_env: str | None = None, api: str | None = None, tokenizer: str | None = None):
+    """A reader from the CLI's options (options a kind does not take are left out)."""
+    from rag_lfm.readers.registry import make_reader
 
-    return TransformersReader(
-        model, max_new_tokens=max_new_tokens, max_passage_tokens=max_passage_tokens, device=device,
-        dtype=dtype, constrain=constrain,
-    )
+    opts: dict = {"max_new_tokens": max_new_tokens, "max_passage_tokens": max_passage_tokens, "constrain": constrain}
+    name = kind.strip().lower()
+    if name == "transformers":
+        opts.update(device=device, dtype=dtype)
+    elif name == "openai":
+        opts.update(base_url=base_url, api_key_env=api_key_env, api=api, tokenizer=tokenizer)
+    given = {"--base-url": base_url, "--api-key-env": api_key_env, "--api": api, "--tokenizer": tokenizer}
+    if name != "openai" and any(v is not None for v in given.values()):
+        from rag_lfm.errors import ConfigError
+
+        used = ", ".join(k for k, v in given.items() if v is not None)
+        raise ConfigError(f"{used} apply to --reader openai only, not to --reader {kind}")
+    return make_reader(kind, model, **opts)
+
+
+ReaderOpt = Annotated[str, typer.Option("--reader", "-r", help=READER_HELP)]
+BaseUrlOpt = Annotated[Optional[str], typer.Option(help="openai: the API root, e.g. http://127.0.0.1:8080/v1.")]
+KeyEnvOpt = Annotated[Optional[str], typer.Option(help="openai: NAME of the environment variable holding the API key.")]
+ApiOpt = Annotated[Optional[str], typer.Option(help="openai: 'chat' (default) or 'completions' for in-context answers.")]
+TokOpt = Annotated[Optional[str], typer.Option(help="openai: a local tokenizer for exact token budgets.")]
+ConstrainOpt = Annotated[Optional[str], typer.Option(
+    help="'copy' (answer is a span of the passages; the local readers' default) or 'none' (openai's only option).")]
 
 
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:
@@ -44,12 +71,17 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         question: Annotated[str, typer.Argument(help="The question.")],
         strategy: Annotated[str, typer.Option("--strategy", "-s", help=STRATEGY_HELP)] = "in-context",
         k: Annotated[int, typer.Option("--k", "-k", help="Passages to retrieve.")] = 3,
-        model: Annotated[str, typer.Option(help="Reader model: a local folder or a known name.")] = "SmolLM2-135M-Instruct",
+        reader_kind: ReaderOpt = "transformers",
+        model: Annotated[Optional[str], typer.Option(help=MODEL_HELP)] = None,
         max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 24,
         max_passage_tokens: Annotated[int, typer.Option(help="Each passage is cut to this many tokens.")] = 160,
-        constrain: Annotated[str, typer.Option(help="'copy' (answer is a span of the passages) or 'none'.")] = "copy",
-        device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
-        dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16, float16.")] = "auto",
+        constrain: ConstrainOpt = None,
+        device: Annotated[str, typer.Option(help="transformers: auto, cpu, cuda ...")] = "auto",
+        dtype: Annotated[str, typer.Option(help="transformers: auto, float32, bfloat16, float16.")] = "auto",
+        base_url: BaseUrlOpt = None,
+        api_key_env: KeyEnvOpt = None,
+        api: ApiOpt = None,
+        tokenizer: TokOpt = None,
         stream: Annotated[bool, typer.Option("--stream", help="Print the answer as it is generated.")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (the Answer).")] = False,
     ) -> None:
@@ -61,7 +93,8 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
 
         try:
             strategy = check_strategy(strategy)
-            reader = _reader(model, max_new_tokens, max_passage_tokens, device, dtype, constrain)
+            reader = _reader(model, max_new_tokens, max_passage_tokens, device, dtype, constrain, kind=reader_kind,
+                             base_url=base_url, api_key_env=api_key_env, api=api, tokenizer=tokenizer)
             kb = KnowledgeBase.open(index)
             if stream and not as_json:
                 hits: list = []
@@ -101,12 +134,17 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         split: Annotated[str, typer.Option(help="Built-in task: 'test' (held out), 'dev' (tuning) or 'train'.")] = "test",
         strategy: Annotated[str, typer.Option("--strategy", "-s", help=STRATEGY_HELP)] = "in-context",
         k: Annotated[int, typer.Option("--k", "-k", help="Passages to retrieve.")] = 3,
-        model: Annotated[str, typer.Option(help="Reader model.")] = "SmolLM2-135M-Instruct",
+        reader_kind: ReaderOpt = "transformers",
+        model: Annotated[Optional[str], typer.Option(help=MODEL_HELP)] = None,
         max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 16,
         max_passage_tokens: Annotated[int, typer.Option(help="Each passage is cut to this many tokens.")] = 64,
-        constrain: Annotated[str, typer.Option(help="'copy' or 'none'.")] = "copy",
-        device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
-        dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16, float16.")] = "auto",
+        constrain: ConstrainOpt = None,
+        device: Annotated[str, typer.Option(help="transformers: auto, cpu, cuda ...")] = "auto",
+        dtype: Annotated[str, typer.Option(help="transformers: auto, float32, bfloat16, float16.")] = "auto",
+        base_url: BaseUrlOpt = None,
+        api_key_env: KeyEnvOpt = None,
+        api: ApiOpt = None,
+        tokenizer: TokOpt = None,
         records: Annotated[bool, typer.Option("--records", help="With --json: include one record per question.")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     ) -> None:
@@ -121,7 +159,8 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             if builtin is not None and builtin != "wiki-vital":
                 raise ConfigError(f"built-in task {builtin!r} is unknown; available: wiki-vital")
             examples = load_qa_jsonl(data) if data else wiki_vital_task(n, seed=seed, split=split)
-            reader = _reader(model, max_new_tokens, max_passage_tokens, device, dtype, constrain)
+            reader = _reader(model, max_new_tokens, max_passage_tokens, device, dtype, constrain, kind=reader_kind,
+                             base_url=base_url, api_key_env=api_key_env, api=api, tokenizer=tokenizer)
             report = evaluate_qa(KnowledgeBase.open(index), reader, examples, strategy=strategy, k=k,
                                  progress=not as_json)
         except RagLfmError as exc:
@@ -130,3 +169,53 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             typer.echo(json.dumps(report.to_dict(records=records), ensure_ascii=False, default=str))
         else:
             typer.echo(report.row())
+
+    @app.command("serve")
+    def serve_cmd(
+        index: Annotated[str, typer.Argument(help="Index directory (opened read-only, once).")],
+        reader_kind: ReaderOpt = "transformers",
+        model: Annotated[Optional[str], typer.Option(help=MODEL_HELP)] = None,
+        host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")] = "127.0.0.1",
+        port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+        strategy: Annotated[str, typer.Option("--strategy", "-s", help="Default strategy of /ask. " + STRATEGY_HELP)] = "in-context",
+        k: Annotated[int, typer.Option("--k", "-k", help="Default passages per question.")] = 3,
+        max_k: Annotated[int, typer.Option(help="The largest k a request gets.")] = 50,
+        method: Annotated[str, typer.Option(help="Retrieval: dense, bm25, hybrid, hybrid-lead ... (see `rag-lfm retrieve`).")] = "dense",
+        max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 24,
+        max_passage_tokens: Annotated[int, typer.Option(help="Each passage is cut to this many tokens.")] = 160,
+        constrain: ConstrainOpt = None,
+        device: Annotated[str, typer.Option(help="transformers: auto, cpu, cuda ...")] = "auto",
+        dtype: Annotated[str, typer.Option(help="transformers: auto, float32, bfloat16, float16.")] = "auto",
+        base_url: BaseUrlOpt = None,
+        reader_api_key_env: Annotated[Optional[str], typer.Option(
+            help="openai reader: NAME of the environment variable with the upstream endpoint's key.")] = None,
+        api: ApiOpt = None,
+        tokenizer: TokOpt = None,
+        api_key_env: Annotated[Optional[str], typer.Option(
+            help="NAME of an environment variable: clients must send 'Authorization: Bearer <its value>'.")] = None,
+        max_body_bytes: Annotated[int, typer.Option(help="Larger request bodies get 413.")] = 1 << 20,
+        max_pending: Annotated[int, typer.Option(help="Requests waiting for the model at once; more get 429.")] = 64,
+        log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    ) -> None:
+        """Serve INDEX and a reader over HTTP: /search, /ask, OpenAI-compatible /v1/chat/completions and /v1/completions."""
+        from rag_lfm.knowledge_base import KnowledgeBase
+        from rag_lfm.serve import create_app, serve
+
+        try:
+            reader = _reader(model, max_new_tokens, max_passage_tokens, device, dtype, constrain, kind=reader_kind,
+                             base_url=base_url, api_key_env=reader_api_key_env, api=api, tokenizer=tokenizer)
+            kb = KnowledgeBase.open(index)
+            source = kb
+            if method != "dense":
+                from rag_lfm.retrieval.cli import build_retriever
+
+                source = build_retriever(kb, method)
+            if hasattr(reader, "warm_up"):
+                reader.warm_up()  # load the model now, not on the first request
+            app = create_app(source, reader, strategy=strategy, k=k, max_k=max_k, max_body_bytes=max_body_bytes,
+                             max_pending=max_pending, api_key_env=api_key_env, index_path=str(index),
+                             on_shutdown=kb.close)
+        except RagLfmError as exc:
+            _fail(exc)
+        typer.echo(f"rag-lfm serve: {index} ({len(kb)} chunks), reader {reader.name}, http://{host}:{port}", err=True)
+        serve(app, host=host, port=port, log_level=log_level)

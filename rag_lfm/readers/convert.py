@@ -42,6 +42,11 @@ def _gguf_file() -> Path:
     return gguf
 
 
+def smollm2_gguf() -> Path:
+    """The packaged ``SmolLM2-135M-Instruct.Q4_1.gguf`` (read directly by llama.cpp, no conversion)."""
+    return _gguf_file()
+
+
 def convert_gguf(gguf: Path, target: Path) -> Path:
     """Dequantise ``gguf`` once and write a safetensors model + tokenizer folder at ``target``.
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rag_lfm.errors import ConfigError
-from rag_lfm.readers.base import NoPassagesError, check_strategy
+from rag_lfm.readers.base import NoPassagesError, check_reader, check_strategy
 from rag_lfm.readers.types import Answer
 
 
@@ -60,6 +60,7 @@ def ask_batch(
         from rag_lfm.readers.transformers_reader import TransformersReader
 
         reader = TransformersReader()
+    check_reader(reader, strategy)  # before retrieving: a reader that cannot run the strategy says so first
     start = time.perf_counter()
     if strategy == "closed-book" or source is None:
         if strategy != "closed-book":

@@ -26,15 +26,26 @@ the question is the same for every prompt and is run once per batch.
 
 Models without a chat template get a plain-text layout (``Passages: ... Question: ...
 Answer:``) instead of the chat turns; ``Answer.prompt_format`` says which was used.
+
+Every reader builds its prompts here, so they all cite the same way: the token
+counts come from the model's own tokenizer where the reader has one (transformers,
+llama.cpp), else from :class:`ApproxTokenizer` (an HTTP endpoint's tokenizer is not
+visible). :meth:`PromptBuilder.build` returns the prompt as token ids, as text, and as
+chat messages (for chat APIs, which open the assistant's turn themselves).
 """
 
 from __future__ import annotations
 
+import math
+import re
+import threading
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-from rag_lfm.readers.base import PromptTooLongError
-from rag_lfm.readers.types import Citation
+from rag_lfm.readers.base import NoPassagesError, PromptTooLongError
+from rag_lfm.readers.types import Answer, Citation
 from rag_lfm.types import Hit
 
 SYSTEM_RAG = (
@@ -78,6 +89,8 @@ class PromptParts:
     fmt: str
     context_ids: list[int] | None = None  # the passages' tokens, for copy-constrained decoding
     prefix_len: int = 0  # leading tokens shared by every prompt of this kind (run once per batch)
+    text: str = ""  # the prompt as text (what ``ids`` encode)
+    messages: list[dict[str, str]] = field(default_factory=list)  # the same as chat turns, for chat APIs
 
 
 class PromptBuilder:
@@ -114,22 +127,29 @@ class PromptBuilder:
         self.chat = has_template if use_chat_template is None else (use_chat_template and has_template)
 
     # -- rendering ---------------------------------------------------------------------
-    def _render(self, question: str, blocks: list[str]) -> str:
+    def _turns(self, question: str, blocks: list[str]) -> tuple[str, tuple[tuple[str, str], ...], str]:
+        """The system text, the worked examples and the user's turn."""
         if blocks:
             # The question comes before the passages as well as after them: read with the
             # question in mind, a small model picks the right passage more often (dev split).
             user = f"Question: {question}\nPassages:\n" + "\n\n".join(blocks) + f"\n\nQuestion: {question}"
-            system, examples = self.system_rag, EXAMPLES_RAG
-        else:
-            user = f"Question: {question}"
-            system, examples = self.system_closed, EXAMPLES_CLOSED
+            return self.system_rag, EXAMPLES_RAG, user
+        return self.system_closed, EXAMPLES_CLOSED, f"Question: {question}"
+
+    def _messages(self, question: str, blocks: list[str], prefix: str) -> list[dict[str, str]]:
+        system, examples, user = self._turns(question, blocks)
+        messages = [{"role": "system", "content": system}]
+        if self.one_shot:
+            for q, a in examples:
+                messages += [{"role": "user", "content": q}, {"role": "assistant", "content": f"{prefix} {a}".strip()}]
+        messages.append({"role": "user", "content": user})
+        return messages
+
+    def _render(self, question: str, blocks: list[str]) -> str:
+        system, examples, user = self._turns(question, blocks)
         prefix = self.answer_prefix
         if self.chat:
-            messages = [{"role": "system", "content": system}]
-            if self.one_shot:
-                for q, a in examples:
-                    messages += [{"role": "user", "content": q}, {"role": "assistant", "content": f"{prefix} {a}".strip()}]
-            messages.append({"role": "user", "content": user})
+            messages = self._messages(question, blocks, prefix)
             text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
             return text + prefix
         # No chat template: a plain completion layout that base models continue naturally.
@@ -180,10 +200,12 @@ class PromptBuilder:
     # -- public ---------------------------------------------------------------------------
     def build(self, question: str, passages: Sequence[Hit] = ()) -> PromptParts:
         """Render the prompt for ``question`` with as many of ``passages`` as the budget allows."""
-        base_ids = self._encode(self._render(question, []), rag=False)
+        base_text = self._render(question, [])
+        base_ids = self._encode(base_text, rag=False)
         if not passages:
             self._check_fits(question, len(base_ids))
-            return PromptParts(base_ids, [], 0, self._fmt(), None, self.prefix_len(False))
+            return PromptParts(base_ids, [], 0, self._fmt(), None, self.prefix_len(False), base_text,
+                               self._messages(question, [], ""))
         # Overhead of the RAG layout without passages (longer system text, "Passages:").
         empty_rag = self._encode(self._render(question, [""]))
         self._check_fits(question, len(empty_rag))
@@ -209,15 +231,20 @@ class PromptBuilder:
             citations.append(_citation(number, hit, title, text, truncated))
             if left <= 0:
                 break
-        ids = self._encode(self._render(question, blocks))
+        text = self._render(question, blocks)
+        ids = self._encode(text)
         # Token counts of the parts can differ by a token or two from the whole at the
         # joins; if so, drop the last passage (the rule: only lowest-ranked ones go).
         while len(ids) > self.budget and blocks:
             blocks.pop()
             citations.pop()
-            ids = self._encode(self._render(question, blocks))
+            text = self._render(question, blocks)
+            ids = self._encode(text)
         context = [t for b in blocks for t in self.tokenizer("\n" + b + "\n", add_special_tokens=False)["input_ids"]]
-        return PromptParts(ids, citations, len(passages) - len(citations), self._fmt(), context, self.prefix_len(True))
+        # Chat APIs open the assistant's turn themselves (no "Answer:" can be put in it),
+        # so their worked examples answer bare, and the reply is the answer alone.
+        return PromptParts(ids, citations, len(passages) - len(citations), self._fmt(), context, self.prefix_len(True),
+                           text, self._messages(question, blocks, ""))
 
     def _fmt(self) -> str:
         return "chat" if self.chat else "plain"
@@ -243,3 +270,150 @@ def _citation(number: int, hit: Hit, title: str, text: str, truncated: bool) -> 
         truncated=truncated,
         metadata=dict(hit.metadata or {}),
     )
+
+
+# -- shared by every reader: the prompts of a strategy, the answer, the extractive floor ----------------
+def replug_weights(scores: Sequence[float], temperature: float) -> list[float]:
+    """REPLUG's mixture weights: ``softmax(score / temperature)`` over the passages' retrieval scores.
+
+    Example:
+        >>> [round(w, 3) for w in replug_weights([0.9, 0.8], 0.05)]
+        [0.881, 0.119]
+    """
+    z = [float(x) / temperature for x in scores]
+    top = max(z)
+    e = [math.exp(v - top) for v in z]
+    total = sum(e)
+    return [v / total for v in e]
+
+
+def plan_prompts(
+    builder: PromptBuilder, question: str, passages: Sequence[Hit], strategy: str, temperature: float
+) -> tuple[list[PromptParts], list[float] | None]:
+    """The prompts for one question (one per passage under REPLUG) and their mixture weights.
+
+    Under REPLUG each prompt holds one passage, cited with its rank as number and its
+    weight; other strategies have one prompt and no weights.
+    """
+    if strategy == "closed-book":
+        return [builder.build(question, [])], None
+    if not passages:
+        raise NoPassagesError(
+            f"strategy {strategy!r} got no passages for question {question[:80]!r}: the index is empty or "
+            "the filter matched nothing; ingest documents first (`rag-lfm ingest`), loosen the filter, "
+            "or use strategy 'closed-book'"
+        )
+    if strategy == "in-context":
+        return [builder.build(question, passages)], None
+    parts = [builder.build(question, [hit]) for hit in passages]
+    weights = replug_weights([float(h.score) for h in passages], temperature)
+    for number, (p, w) in enumerate(zip(parts, weights), start=1):
+        for c in p.citations:
+            c.number, c.weight = number, float(w)
+    return parts, weights
+
+
+def clean_answer(text: str, prefix: str = ANSWER_PREFIX) -> str:
+    """The answer in a generation: its first line, without a leading ``Answer:`` a chat model may repeat.
+
+    Example:
+        >>> clean_answer(" Answer: Eiffel Tower\nIt is in Paris.")
+        'Eiffel Tower'
+    """
+    line = text.strip().split("\n", 1)[0].strip()
+    if prefix and line.lower().startswith(prefix.lower()):
+        line = line[len(prefix):].strip()
+    return line
+
+
+def make_answer(
+    question: str,
+    strategy: str,
+    parts: Sequence[PromptParts],
+    text: str,
+    *,
+    model: str,
+    generated_tokens: int,
+    finish_reason: str,
+    latency_s: float,
+    prompt_tokens: int | None = None,
+) -> Answer:
+    """An :class:`Answer` citing the passages of ``parts`` (the prompts the model saw)."""
+    return Answer(
+        text=text,
+        question=question,
+        strategy=strategy,
+        citations=[c for p in parts for c in p.citations],
+        dropped=parts[0].dropped if strategy == "in-context" else 0,
+        model=model,
+        prompt_tokens=sum(len(p.ids) for p in parts) if prompt_tokens is None else prompt_tokens,
+        generated_tokens=generated_tokens,
+        finish_reason=finish_reason,
+        prompt_format=parts[0].fmt,
+        latency_s=latency_s,
+    )
+
+
+def extractive_answer(question: str, passages: Sequence[Hit]) -> Answer:
+    """No model call: the top passage's title, else its first sentence (a fallback, and a floor)."""
+    if not passages:
+        raise NoPassagesError(
+            f"strategy 'extractive' got no passages for question {question[:80]!r}: the index is empty or "
+            "the filter matched nothing; ingest documents first, loosen the filter, or use strategy 'closed-book'"
+        )
+    start = time.perf_counter()
+    top = passages[0]
+    title = top.metadata.get("title") if isinstance(top.metadata, dict) else None
+    text = str(title) if title else top.text.strip().split(". ", 1)[0]
+    cite = _citation(1, top, passage_title(top), top.text, False)
+    return Answer(
+        text=text, question=question, strategy="extractive", citations=[cite], dropped=len(passages) - 1,
+        model="", prompt_format="none", latency_s=time.perf_counter() - start,
+    )
+
+
+class ApproxTokenizer:
+    """Counts tokens without the model's tokenizer (an HTTP endpoint does not expose it).
+
+    A "token" is a run of letters, one digit, one other character, or a run of spaces,
+    each with its leading space: for English this counts close to, and a little under,
+    a BPE tokenizer's count, so budgets built on it should keep some margin (the
+    :class:`~rag_lfm.readers.openai_reader.OpenAIReader` leaves a quarter of the window).
+    It has the small slice of the transformers tokenizer API that :class:`PromptBuilder`
+    uses; ids index the pieces seen so far, so ``decode`` gives the text back exactly.
+
+    Example:
+        >>> tok = ApproxTokenizer()
+        >>> ids = tok("Claude Monet, 1840")["input_ids"]
+        >>> len(ids), tok.decode(ids[:2])
+        (7, 'Claude Monet')
+    """
+
+    chat_template = None
+    eos_token_id = None
+    pad_token_id = None
+    _PIECE = re.compile(r"\s*[^\W\d_]+|\s*\d|\s*[^\s]|\s+")
+
+    def __init__(self) -> None:
+        self._ids: dict[str, int] = {}
+        self._pieces: list[str] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+        ids = []
+        for piece in self._PIECE.findall(text):
+            i = self._ids.get(piece)
+            if i is None:
+                with self._lock:
+                    i = self._ids.setdefault(piece, len(self._pieces))
+                    if i == len(self._pieces):
+                        self._pieces.append(piece)
+            ids.append(i)
+        return {"input_ids": ids}
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        return "".join(self._pieces[i] for i in ids)
+
+    def __len__(self) -> int:
+        return len(self._pieces)
+

@@ -30,9 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from rag_lfm.errors import ConfigError, ModelNotFoundError
-from rag_lfm.readers.base import NoPassagesError, check_strategy
-from rag_lfm.readers.prompts import PromptBuilder, PromptParts, _citation, passage_title
-from rag_lfm.readers.types import Answer
+from rag_lfm.readers.base import Capabilities, PromptTooLongError, check_reader, check_strategy
+from rag_lfm.readers.prompts import PromptBuilder, PromptParts, extractive_answer, make_answer, plan_prompts
+from rag_lfm.readers.streaming import TextAssembler, thread_stream
+from rag_lfm.readers.types import Answer, Completion
 from rag_lfm.types import Hit
 
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -186,8 +187,12 @@ class TransformersReader:
         self._tokenizer = None
         self._prompts: PromptBuilder | None = None
         self._stop_ids: Any = None
+        self._eos_ids: Any = None
         self._cache_kw = "past_key_values"
         self.is_seq2seq = False
+
+    # Everything: the model runs in this process, its logits are at hand at every step.
+    capabilities = Capabilities(logprobs=True, logits=True, batching=True, streaming=True, completion=True)
 
     # -- loading -----------------------------------------------------------------------------
     @property
@@ -274,10 +279,11 @@ class TransformersReader:
             use_chat_template=self.use_chat_template,
             one_shot=self.one_shot,
         )
-        self._stop_ids = self._make_stop_ids()
+        self._stop_ids = self._make_stop_ids(self.stop_at_newline)
+        self._eos_ids = self._make_stop_ids(False)  # raw completions end at end-of-sequence only
         return self
 
-    def _make_stop_ids(self):
+    def _make_stop_ids(self, newline: bool):
         torch = _torch()
         tok = self._tokenizer
         model = self._model
@@ -287,7 +293,7 @@ class TransformersReader:
                 stops.add(source)
             elif isinstance(source, (list, tuple)):
                 stops.update(int(s) for s in source)
-        if self.stop_at_newline:
+        if newline:
             # Every vocabulary entry whose text holds a newline ends a one-line answer.
             pieces = tok.batch_decode([[i] for i in range(len(tok))])
             stops.update(i for i, p in enumerate(pieces) if "\n" in p)
@@ -307,26 +313,9 @@ class TransformersReader:
 
     # -- prompts ------------------------------------------------------------------------------
     def _plan(self, question: str, passages: Sequence[Hit], strategy: str) -> tuple[list[PromptParts], Any]:
-        """The prompts for one question (k of them under REPLUG) and their mixture weights."""
-        torch = _torch()
-        if strategy == "closed-book":
-            return [self.prompts.build(question, [])], None
-        if not passages:
-            raise NoPassagesError(
-                f"strategy {strategy!r} got no passages for question {question[:80]!r}: the index is empty or "
-                "the filter matched nothing; ingest documents first (`rag-lfm ingest`), loosen the filter, "
-                "or use strategy 'closed-book'"
-            )
-        if strategy == "in-context":
-            return [self.prompts.build(question, passages)], None
-        # replug: one prompt per passage, weights from the retrieval scores.
-        parts = [self.prompts.build(question, [hit]) for hit in passages]
-        scores = torch.tensor([float(h.score) for h in passages], dtype=torch.float32)
-        weights = torch.softmax(scores / self.replug_temperature, dim=0)
-        for number, (p, w) in enumerate(zip(parts, weights.tolist()), start=1):
-            for c in p.citations:
-                c.number, c.weight = number, float(w)
-        return parts, weights
+        """The prompts for one question (k of them under REPLUG) and their mixture weights (a tensor)."""
+        parts, weights = plan_prompts(self.prompts, question, passages, strategy, self.replug_temperature)
+        return parts, None if weights is None else _torch().tensor(weights, dtype=_torch().float32)
 
     # -- decoding -----------------------------------------------------------------------------
     def _forward(self, ids, mask, positions, cache):
@@ -345,11 +334,14 @@ class TransformersReader:
         groups: list[int],
         weights: list[float] | None,
         n_groups: int,
-        on_token: Callable[[int, int], None] | None = None,
+        on_token: Callable[[int, int], bool | None] | None = None,
         copy_from: list[list[int]] | None = None,
         prefix_len: int = 0,
         candidates: list[list[list[int]]] | None = None,
         scored: list[list[dict[str, Any]]] | None = None,
+        max_new_tokens: int | None = None,
+        stop_mask: Any = None,
+        on_logits: Callable[[Any], None] | None = None,
     ) -> tuple[list[list[int]], list[str]]:
         """Greedy decoding of ``prompts`` as one left-padded batch.
 
@@ -363,6 +355,10 @@ class TransformersReader:
         With ``candidates`` (token lists per group, e.g. the passages' titles), the decoded
         answer competes with them once decoding ends (see :meth:`_rescore`); each
         group's candidates and scores are appended to ``scored``.
+        ``on_token(g, t)`` sees each token as it is chosen; returning True ends group
+        ``g`` there (finish reason ``"stop"``: a stop string, or a consumer that left).
+        ``max_new_tokens`` and ``stop_mask`` (a boolean mask over the vocabulary)
+        default to the reader's; ``on_logits`` sees each step's raw logits (rows, V).
         Returns the generated ids and the finish reason of each group.
         """
         torch = _torch()
@@ -399,11 +395,15 @@ class TransformersReader:
             reasons = ["length"] * n_groups
             done = torch.zeros(n_groups, dtype=torch.bool, device=dev)
             copy = None if copy_from is None else [_CopyConstraint(c) for c in copy_from]
-            stop_rows = self._stop_ids.nonzero().flatten()
+            stop_ids = self._stop_ids if stop_mask is None else stop_mask
+            stop_rows = stop_ids.nonzero().flatten()
             # rows_ok is filled on the CPU: index it with a CPU copy, made once (on a GPU,
             # stop_rows.cpu() inside the row loop was a device sync per row per step).
             stop_rows_cpu = stop_rows.cpu()
-            for step in range(self.max_new_tokens):
+            n_steps = self.max_new_tokens if max_new_tokens is None else max_new_tokens
+            for step in range(n_steps):
+                if on_logits is not None:
+                    on_logits(logits)
                 rows_ok = None
                 if copy is not None:
                     # Each row may emit a token that continues a span of its own passages;
@@ -421,7 +421,7 @@ class TransformersReader:
                     if rows_ok is not None:
                         # a row with no continuation left can only stop
                         dead = ~rows_ok.any(-1)
-                        rows_ok[dead] = self._stop_ids[: rows_ok.shape[-1]][None].expand(int(dead.sum()), -1)
+                        rows_ok[dead] = stop_ids[: rows_ok.shape[-1]][None].expand(int(dead.sum()), -1)
                         logits = logits.masked_fill(~rows_ok, float("-inf"))
                     tok_g = torch.empty(n_groups, dtype=torch.long, device=dev)
                     tok_g[group_idx] = logits.argmax(-1)
@@ -441,18 +441,18 @@ class TransformersReader:
                     # a group none of whose rows can continue stops
                     alive = torch.zeros(n_groups, dtype=row_w.dtype, device=dev).index_add_(0, group_idx, row_w) > 0
                     tok_g = torch.where(alive, tok_g, torch.full_like(tok_g, int(stop_rows[0])))
-                is_stop = self._stop_ids[tok_g] & ~done
+                is_stop = stop_ids[tok_g] & ~done
                 new = (~done & ~is_stop).nonzero().flatten().tolist()
                 toks = tok_g.tolist()
                 for g in new:
                     out[g].append(toks[g])
-                    if on_token is not None:
-                        on_token(g, toks[g])
+                    if on_token is not None and on_token(g, toks[g]):
+                        is_stop[g] = True  # the caller ends this group here (a stop string)
                 for g in is_stop.nonzero().flatten().tolist():
                     reasons[g] = "stop"
                 done |= is_stop
-                if bool(done.all()):
-                    break
+                if bool(done.all()) or step + 1 == n_steps:
+                    break  # (no forward pass for a token that would never be read)
                 tok_r = tok_g[group_idx]
                 if copy is not None:
                     for r, t in enumerate(tok_r.tolist()):
@@ -609,6 +609,7 @@ class TransformersReader:
         up to ``batch_size`` rows or one question's k rows, whichever is more.
         """
         strategy = check_strategy(strategy)
+        check_reader(self, strategy)
         if passages is None:
             passages = [[] for _ in questions]
         if len(passages) != len(questions):
@@ -657,10 +658,8 @@ class TransformersReader:
         held back until the next one completes it. ``"".join(stream(...))`` equals the
         answer's raw text.
         """
-        import queue
-        import threading
-
         strategy = check_strategy(strategy)
+        check_reader(self, strategy)
         if strategy == "extractive":
             yield self._extractive(question, list(passages)).text
             return
@@ -668,43 +667,160 @@ class TransformersReader:
         if self.is_seq2seq:
             yield self.generate(question, passages, strategy=strategy).text
             return
-        pieces: queue.Queue = queue.Queue()
-        failure: list[BaseException] = []
         tok = self._tokenizer
-        generated: list[int] = []
-        emitted = [0]
+        text = TextAssembler(lambda ids: tok.decode(ids, skip_special_tokens=True))
 
-        def on_token(_g: int, t: int) -> None:
-            generated.append(t)
-            text = tok.decode(generated, skip_special_tokens=True)
-            if text.endswith("\ufffd"):
-                return  # an incomplete UTF-8 sequence: wait for the rest
-            pieces.put(text[emitted[0]:])
-            emitted[0] = len(text)
+        def work(emit: Callable[[str], bool]) -> None:
+            self._decode(
+                [p.ids for p in parts], [0] * len(parts), None if w is None else w.tolist(), 1,
+                lambda _g, t: emit(text.push(t)),
+                copy_from=self._copy_from(strategy, [p.context_ids or [] for p in parts]),
+                prefix_len=parts[0].prefix_len,
+            )
+            emit(text.flush())
 
-        def work() -> None:
-            try:
-                self._decode(
-                    [p.ids for p in parts], [0] * len(parts), None if w is None else w.tolist(), 1, on_token,
-                    copy_from=self._copy_from(strategy, [p.context_ids or [] for p in parts]),
-                    prefix_len=parts[0].prefix_len,
+        yield from thread_stream(work)
+
+    # -- raw completion -------------------------------------------------------------------------
+    def _completion_ids(self, prompt: str | Sequence[dict[str, str]], max_tokens: int) -> list[int]:
+        """Token ids of a raw prompt (as is) or of chat messages (the model's chat template)."""
+        self.warm_up()
+        if self.is_seq2seq:
+            raise ConfigError(
+                f"raw completion needs a causal LM; {self.model_ref!r} is seq2seq: use generate() with a strategy"
+            )
+        if int(max_tokens) < 1:
+            raise ConfigError(f"max_tokens must be >= 1, got {max_tokens!r}")
+        tok = self._tokenizer
+        if isinstance(prompt, str):
+            if not prompt:
+                raise ConfigError("prompt is empty; pass the text to continue (or chat messages)")
+            ids = list(tok(prompt)["input_ids"])  # the tokenizer's usual special tokens (BOS for Llama)
+        else:
+            messages = [dict(m) for m in prompt]
+            bad = [m for m in messages if not {"role", "content"} <= set(m)]
+            if not messages or bad:
+                raise ConfigError(
+                    f"chat messages must be a non-empty list of {{'role', 'content'}} dicts, got {list(prompt)[:3]!r}"
                 )
-            except BaseException as exc:  # re-raised in the caller's thread below
-                failure.append(exc)
-            finally:
-                pieces.put(None)
+            if not getattr(tok, "chat_template", None):
+                raise ConfigError(
+                    f"model {self.model_ref!r} has no chat template, so chat messages cannot be rendered; "
+                    "pass the prompt as one string instead"
+                )
+            text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            ids = list(tok(text, add_special_tokens=False)["input_ids"])  # the template holds them
+        if not ids:
+            raise ConfigError(f"prompt {str(prompt)[:80]!r} encodes to no tokens; pass some text to continue")
+        if len(ids) + int(max_tokens) > self.context_window:
+            raise PromptTooLongError(
+                f"the prompt has {len(ids)} tokens; with max_tokens={max_tokens} that is over the context window "
+                f"of {self.context_window} tokens; shorten the prompt or lower max_tokens"
+            )
+        return ids
 
-        thread = threading.Thread(target=work, daemon=True)
-        thread.start()
-        while True:
-            piece = pieces.get()
-            if piece is None:
-                break
-            if piece:
-                yield piece
-        thread.join()
-        if failure:
-            raise failure[0]
+    def complete(
+        self,
+        prompt: str | Sequence[dict[str, str]],
+        *,
+        max_tokens: int = 256,
+        stop: Sequence[str] = (),
+        top_logprobs: int = 0,
+    ) -> Completion:
+        """Continue ``prompt`` greedily with the frozen model: no retrieval, no answer clean-up.
+
+        A ``str`` is continued as is; a list of ``{"role", "content"}`` messages goes
+        through the model's chat template with the assistant's turn opened. Generation
+        ends at the end-of-sequence token, at the first of the ``stop`` strings (cut from
+        the text), or after ``max_tokens`` tokens. With ``top_logprobs=N`` each generated
+        token comes with the model's N most likely tokens and their log-probabilities
+        (what REPLUG over an API mixes); an end-of-sequence token that ended the
+        generation counts as a generated token there (and in ``completion_tokens``),
+        though it adds no text.
+
+        Example:
+            >>> reader.complete("The capital of France is", max_tokens=3, stop=["."]).text  # doctest: +SKIP
+            ' Paris'
+        """
+        return self.complete_batch([prompt], max_tokens=max_tokens, stop=stop, top_logprobs=top_logprobs)[0]
+
+    def complete_batch(
+        self,
+        prompts: Sequence[str | Sequence[dict[str, str]]],
+        *,
+        max_tokens: int = 256,
+        stop: Sequence[str] = (),
+        top_logprobs: int = 0,
+    ) -> list[Completion]:
+        """:meth:`complete` for many prompts, ``batch_size`` per forward pass (same results as one by one)."""
+        torch = _torch()
+        if isinstance(prompts, str):
+            raise ConfigError("complete_batch() takes a list of prompts, got one str; use complete()")
+        if int(top_logprobs) < 0:
+            raise ConfigError(f"top_logprobs must be >= 0, got {top_logprobs!r}")
+        all_ids = [self._completion_ids(p, max_tokens) for p in prompts]
+        tok = self._tokenizer
+        out: list[Completion] = []
+        for lo in range(0, len(all_ids), self.batch_size):
+            chunk = all_ids[lo : lo + self.batch_size]
+            texts = [TextAssembler(lambda g: tok.decode(g, skip_special_tokens=False), stop) for _ in chunk]
+            steps: list[Any] = []
+
+            def on_logits(logits) -> None:
+                lp = torch.log_softmax(logits.float(), -1)
+                steps.append((lp, torch.topk(lp, min(int(top_logprobs), lp.shape[-1]))))
+
+            def on_token(g: int, t: int, texts=texts) -> bool:
+                texts[g].push(t)
+                return texts[g].stopped
+
+            gen, reasons = self._decode(
+                chunk, list(range(len(chunk))), None, len(chunk), on_token, max_new_tokens=int(max_tokens),
+                stop_mask=self._eos_ids, on_logits=on_logits if top_logprobs else None,
+            )
+            for g, ids in enumerate(chunk):
+                texts[g].flush()
+                # Ended by end-of-sequence (not by a stop string): that token was generated too.
+                eos = reasons[g] == "stop" and not texts[g].stopped
+                c = Completion(text=texts[g].text, finish_reason=reasons[g], prompt_tokens=len(ids),
+                               completion_tokens=len(gen[g]) + int(eos))
+                if top_logprobs:
+                    c.top_logprobs, c.tokens, c.token_logprobs = [], [], []
+                    for lp, top in steps[: c.completion_tokens]:
+                        pieces = tok.batch_decode([[i] for i in top.indices[g].tolist()], skip_special_tokens=False)
+                        row: dict[str, float] = {}
+                        for piece, value in zip(pieces, top.values[g].tolist()):
+                            row.setdefault(piece, value)  # two ids with one text: keep the likelier
+                        c.top_logprobs.append(row)
+                    chosen = list(gen[g]) + ([int(steps[len(gen[g])][0][g].argmax())] if eos else [])
+                    for (lp, _), t in zip(steps, chosen):
+                        c.tokens.append(tok.decode([t], skip_special_tokens=False))
+                        c.token_logprobs.append(float(lp[g, t]))
+                out.append(c)
+        return out
+
+    def stream_complete(
+        self, prompt: str | Sequence[dict[str, str]], *, max_tokens: int = 256, stop: Sequence[str] = ()
+    ) -> Iterator[str]:
+        """Yield :meth:`complete`'s text piece by piece as it is generated (whole characters only).
+
+        ``"".join(stream_complete(p, ...)) == complete(p, ...).text``; a piece that may be
+        the start of a stop string is held back until it is clear. Closing the generator
+        early stops the generation.
+        """
+        ids = self._completion_ids(prompt, max_tokens)  # bad input raises here, before the first piece
+        tok = self._tokenizer
+        text = TextAssembler(lambda g: tok.decode(g, skip_special_tokens=False), stop)
+
+        def work(emit: Callable[[str], bool]) -> None:
+            def on_token(_g: int, t: int) -> bool:
+                cancelled = emit(text.push(t))
+                return cancelled or text.stopped
+
+            self._decode([ids], [0], None, 1, on_token, max_new_tokens=int(max_tokens), stop_mask=self._eos_ids)
+            emit(text.flush())
+
+        return thread_stream(work)
 
     # -- helpers ------------------------------------------------------------------------------
     def _decode_plans(
@@ -745,36 +861,8 @@ class TransformersReader:
         return contexts
 
     def _answer(self, question, strategy, parts, passages, gen_ids, reason, latency) -> Answer:
-        text = self._text(gen_ids)
-        citations = [c for p in parts for c in p.citations]
-        dropped = parts[0].dropped if strategy == "in-context" else 0
-        return Answer(
-            text=text,
-            question=question,
-            strategy=strategy,
-            citations=citations,
-            dropped=dropped,
-            model=self.name,
-            prompt_tokens=sum(len(p.ids) for p in parts),
-            generated_tokens=len(gen_ids),
-            finish_reason=reason,
-            prompt_format=parts[0].fmt,
-            latency_s=latency,
-        )
+        return make_answer(question, strategy, parts, self._text(gen_ids), model=self.name,
+                           generated_tokens=len(gen_ids), finish_reason=reason, latency_s=latency)
 
     def _extractive(self, question: str, passages: list[Hit]) -> Answer:
-        """No model call: the top passage's title, else its first sentence (a fallback, and a floor)."""
-        if not passages:
-            raise NoPassagesError(
-                f"strategy 'extractive' got no passages for question {question[:80]!r}: the index is empty or "
-                "the filter matched nothing; ingest documents first, loosen the filter, or use strategy 'closed-book'"
-            )
-        start = time.perf_counter()
-        top = passages[0]
-        title = top.metadata.get("title") if isinstance(top.metadata, dict) else None
-        text = str(title) if title else top.text.strip().split(". ", 1)[0]
-        cite = _citation(1, top, passage_title(top), top.text, False)
-        return Answer(
-            text=text, question=question, strategy="extractive", citations=[cite], dropped=len(passages) - 1,
-            model="", prompt_format="none", latency_s=time.perf_counter() - start,
-        )
+        return extractive_answer(question, passages)

@@ -74,3 +74,32 @@ class Answer:
     def __str__(self) -> str:
         refs = ", ".join(f"[{c.number}] {c.title}" for c in self.citations)
         return f"{self.text}\n  sources: {refs}" if refs else self.text
+
+
+@dataclass
+class Completion:
+    """A raw continuation of a prompt by the reader's model (no retrieval, no answer clean-up).
+
+    Attributes:
+        text: the generated text, cut before the first stop string when one appeared.
+        finish_reason: ``"stop"`` (end-of-sequence token or a stop string) or ``"length"`` (``max_tokens``).
+        prompt_tokens / completion_tokens: token counts of the prompt and of the generation.
+        top_logprobs: when asked, one ``{token_text: logprob}`` per generated token: the model's
+            most likely next tokens at that step (natural log, full-vocabulary softmax).
+        tokens / token_logprobs: when asked, each generated token's text and its log-probability.
+
+    Example:
+        >>> Completion(text=" Paris", finish_reason="stop", prompt_tokens=7, completion_tokens=1).text
+        ' Paris'
+    """
+
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    top_logprobs: list[dict[str, float]] | None = None
+    tokens: list[str] | None = None
+    token_logprobs: list[float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
