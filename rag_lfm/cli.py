@@ -65,7 +65,8 @@ def ingest(
     text_field: Annotated[Optional[str], typer.Option("--text-field", help="For JSON/JSONL/CSV files: the text field.")] = None,
     id_field: Annotated[Optional[str], typer.Option("--id-field", help="For JSON/JSONL/CSV files: the id field.")] = None,
     follow_symlinks: Annotated[bool, typer.Option("--follow-symlinks", help="For a folder: read what symbolic links inside it point to (default: report them as skipped).")] = False,
-    commit_every: Annotated[int, typer.Option(help="Commit every N documents.")] = 1000,
+    commit_every: Annotated[int, typer.Option(help="Commit every N documents...")] = 1000,
+    commit_seconds: Annotated[float, typer.Option(help="...or every S seconds of work, whichever comes first.")] = 30.0,
     sync: Annotated[bool, typer.Option("--sync", help="Also delete documents the source no longer has.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -95,7 +96,7 @@ def ingest(
         given = {"embedder": embedder, "index": index_type, "embedder_backend": embedder_backend, "chunk_size": chunk_size}
         create = {**defaults, **{k: v for k, v in given.items() if v is not None}}
         kb = KnowledgeBase.open_or_create(path, **create)
-        report = kb.ingest(connector, commit_every=commit_every, progress=not as_json, delete_missing=sync)
+        report = kb.ingest(connector, commit_every=commit_every, commit_seconds=commit_seconds, progress=not as_json, delete_missing=sync)
     except RagLfmError as exc:
         _fail(exc)
     _emit(report.to_dict() | {"index": str(path)}, as_json, report.summary())

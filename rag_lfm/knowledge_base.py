@@ -77,6 +77,26 @@ EXACT_FILTER_LIMIT = 4096  # a filter matching at most this many chunks is score
 EXACT_FACTORIES = ("IDMap2,Flat", "IDMap,Flat", "torch-exact")  # searched exhaustively: a selector never starves them
 
 
+# Documents chunked and embedded at a time during an ingest: small enough that progress moves and a
+# commit by time comes on time, large enough to fill the embedder's batches.
+EMBED_BATCH_DOCS = 64
+
+
+@dataclass
+class _Pending:
+    """The changes gathered for the next commit of an ingest."""
+
+    changes: ChangeSet = field(default_factory=ChangeSet)
+    read: int = 0  # documents read since the last commit (changed or not): what commit_every counts
+    docs: int = 0  # documents that change the index
+    ids: list[np.ndarray] = field(default_factory=list)
+    vecs: list[np.ndarray] = field(default_factory=list)
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)  # content hash -> vector, for repeated chunks
+
+    def reset(self) -> None:
+        self.changes, self.read, self.docs, self.ids, self.vecs, self.vectors = ChangeSet(), 0, 0, [], [], {}
+
+
 @dataclass
 class IngestReport:
     """What an ingest or sync did, document by document."""
@@ -406,17 +426,33 @@ class KnowledgeBase:
         return int(self.manifest["counts"]["chunks"])
 
     # -- ingest --------------------------------------------------------------------------
-    def ingest(self, connector: Connector, *, commit_every: int = 1000, progress: bool = True, delete_missing: bool = False) -> IngestReport:
+    def ingest(
+        self,
+        connector: Connector,
+        *,
+        commit_every: int = 1000,
+        commit_seconds: float = 30.0,
+        progress: bool = True,
+        delete_missing: bool = False,
+    ) -> IngestReport:
         """Add or update every document ``connector`` yields; skip unchanged ones by content hash.
 
         Bad records are reported in ``report.failed`` and skipped; the rest ingests.
-        Work is committed every ``commit_every`` documents, so an interrupted ingest
-        keeps what it committed and a re-run only does the rest. With
-        ``delete_missing`` (what :meth:`sync` does) documents of this source that the
+        Documents are chunked and embedded in small batches (``EMBED_BATCH_DOCS``), and the
+        work is committed every ``commit_every`` documents or every ``commit_seconds`` of work,
+        whichever comes first, so an interrupted ingest keeps what it committed (at most half
+        a minute of work is lost, however small the corpus) and a re-run only does the rest.
+        The progress bar counts documents as they are embedded, with chunks and commits beside.
+        With ``delete_missing`` (what :meth:`sync` does) documents of this source that the
         connector no longer yields are deleted, once the whole source was read.
         """
         if commit_every < 1:
             raise ConfigError(f"commit_every={commit_every!r} must be >= 1")
+        if not commit_seconds > 0:
+            raise ConfigError(f"commit_seconds={commit_seconds!r} must be > 0 (seconds of work between commits)")
+        preflight = getattr(connector, "preflight", None)
+        if callable(preflight):
+            preflight()  # e.g. a misspelt text field: fail before anything is written
         source_id = getattr(connector, "source_id", None)
         if not isinstance(source_id, str) or not source_id:
             raise ConfigError(f"connector {connector!r} has no source_id (a non-empty str); every connector must name its source")
@@ -428,6 +464,25 @@ class KnowledgeBase:
 
         total = len(connector) if hasattr(connector, "__len__") else None  # type: ignore[arg-type]
         bar = tqdm(total=total, desc=f"ingest {source_id}", unit="doc", disable=not progress)
+        pending = _Pending()
+        last_commit = time.monotonic()
+
+        def flush(force: bool) -> None:
+            nonlocal batch, last_commit
+            if batch:
+                n = len(batch)
+                self._prepare_batch(batch, source_id, report, pending)
+                pending.read += n
+                batch = []
+                bar.update(n)  # documents chunked and embedded (committed ones are in the postfix)
+            due = pending.read >= commit_every or time.monotonic() - last_commit >= commit_seconds
+            if force or due:
+                if pending.docs:
+                    self._commit_pending(pending, report)
+                pending.reset()
+                last_commit = time.monotonic()
+            bar.set_postfix(chunks=report.chunks_embedded + report.chunks_reused, commits=report.commits, refresh=False)
+
         with self._write_lock():
             try:
                 for item in connector.iter_documents():
@@ -446,13 +501,9 @@ class KnowledgeBase:
                         continue
                     seen.add(key)
                     batch.append(item)
-                    if len(batch) >= commit_every:
-                        self._ingest_batch(batch, source_id, report)
-                        bar.update(len(batch))  # the bar counts committed documents, not documents read
-                        batch = []
-                if batch:
-                    self._ingest_batch(batch, source_id, report)
-                    bar.update(len(batch))
+                    if len(batch) >= min(commit_every - pending.read, EMBED_BATCH_DOCS):
+                        flush(force=False)
+                flush(force=True)
             except Exception as exc:
                 report.error = redact(f"{type(exc).__name__}: {exc}")
                 report.seconds = time.perf_counter() - t0
@@ -475,10 +526,11 @@ class KnowledgeBase:
         """Make the index match the source: add new, update changed, skip unchanged, delete gone documents."""
         return self.ingest(connector, delete_missing=True, **kwargs)
 
-    def _ingest_batch(self, docs: list[Document], source_id: str, report: IngestReport) -> None:
+    def _prepare_batch(self, docs: list[Document], source_id: str, report: IngestReport, pending: _Pending) -> None:
+        """Chunk and embed ``docs`` (those whose content changed) into ``pending``, the next commit's changes."""
         keys = [doc_key(source_id, d.id) for d in docs]
         states = self.docstore.doc_states(keys)
-        changes = ChangeSet()
+        changes = pending.changes
         new_chunks: list[tuple[str, Any]] = []  # (doc_key, Chunk) to store
         now = time.time()
         for key, doc in zip(keys, docs):
@@ -500,14 +552,18 @@ class KnowledgeBase:
             for name, ftype in metadata_fields(doc.metadata).items():
                 prev = changes.fields.get(name)
                 changes.fields[name] = ftype if prev in (None, ftype) else "mixed"
+            pending.docs += 1
             if old is None:
                 report.added += 1
             else:
                 report.updated += 1
-        if not changes.upsert_docs:
+        if not new_chunks:
             return
-        # The embedding cache: a chunk whose text was embedded before (same model: one per index) is not re-embedded.
-        cached = self.docstore.vectors_by_hash([c.content_hash for _, c in new_chunks], self.dim)
+        # The embedding cache: a chunk whose text was embedded before (same model: one per index) is not
+        # re-embedded, whether it was committed or is waiting in this commit.
+        hashes = [c.content_hash for _, c in new_chunks]
+        cached = {h: pending.vectors[h] for h in hashes if h in pending.vectors}
+        cached.update(self.docstore.vectors_by_hash([h for h in hashes if h not in cached], self.dim))
         todo: dict[str, str] = {}
         for _, c in new_chunks:
             if c.content_hash not in cached:
@@ -517,13 +573,20 @@ class KnowledgeBase:
             cached.update(zip(todo.keys(), vecs))
         report.chunks_embedded += len(todo)
         report.chunks_reused += len(new_chunks) - len(todo)
-        ids = np.array([c.id for _, c in new_chunks], dtype=np.int64)
-        vectors = np.stack([cached[c.content_hash] for _, c in new_chunks]).astype(np.float32) if new_chunks else np.zeros((0, self.dim), np.float32)
-        changes.add_chunks = [
+        vectors = np.stack([cached[c.content_hash] for _, c in new_chunks]).astype(np.float32)
+        pending.vectors.update(zip(hashes, vectors))
+        pending.ids.append(np.array([c.id for _, c in new_chunks], dtype=np.int64))
+        pending.vecs.append(vectors)
+        changes.add_chunks.extend(
             {"id": int(c.id), "doc_key": key, "ordinal": c.ordinal, "start": c.start, "end": c.end, "text": c.text, "content_hash": c.content_hash, "vector": vectors[i].tobytes()}
             for i, (key, c) in enumerate(new_chunks)
-        ]
-        self._apply(changes, ids, vectors)
+        )
+
+    def _commit_pending(self, pending: _Pending, report: IngestReport) -> None:
+        """Commit what :meth:`_prepare_batch` gathered (one generation), then start a new batch."""
+        ids = np.concatenate(pending.ids) if pending.ids else np.zeros(0, np.int64)
+        vecs = np.concatenate(pending.vecs) if pending.vecs else np.zeros((0, self.dim), np.float32)
+        self._apply(pending.changes, ids, vecs)
         report.commits += 1
 
     def _apply(self, changes: ChangeSet, add_ids: np.ndarray, add_vectors: np.ndarray) -> None:
