@@ -253,11 +253,9 @@ class OpenAIReader:
             return self._call(self.client.chat.completions.create, messages=parts[0].messages, stop=["\n"], **common)
         return self._call(self.client.completions.create, prompt=parts[0].text, stop=["\n"], **common)
 
-    def _answer_one(self, question: str, passages: list[Hit], strategy: str) -> Answer:
-        if strategy == "extractive":
-            return extractive_answer(question, passages)
+    def _answer_one(self, question: str, strategy: str, plan: tuple[list[PromptParts], list[float] | None]) -> Answer:
         start = time.perf_counter()
-        parts, weights = plan_prompts(self.prompts, question, passages, strategy, self.replug_temperature)
+        parts, weights = plan
         if strategy == "replug":
             assert weights is not None
             raw, reason, n = self._replug(parts, weights)
@@ -349,7 +347,12 @@ class OpenAIReader:
         if len(passages) != len(questions):
             raise ConfigError(f"got {len(questions)} questions but {len(passages)} passage lists; pass one list per question")
         self.warm_up()
-        jobs = list(zip(questions, [list(p) for p in passages]))
+        if strategy == "extractive":
+            return [extractive_answer(q, list(p)) for q, p in zip(questions, passages)]
+        # Prompts are built here, in one thread (tokenizers are not made to be shared by threads);
+        # only the HTTP requests run concurrently.
+        jobs = [(q, plan_prompts(self.prompts, q, list(p), strategy, self.replug_temperature))
+                for q, p in zip(questions, passages)]
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -357,7 +360,7 @@ class OpenAIReader:
             bar = tqdm(total=len(jobs), desc=f"answering ({strategy})", unit="q")
         with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(jobs)))) as pool:
             answers = []
-            for a in pool.map(lambda job: self._answer_one(job[0], job[1], strategy), jobs):
+            for a in pool.map(lambda job: self._answer_one(job[0], strategy, job[1]), jobs):
                 answers.append(a)
                 if bar is not None:
                     bar.update(1)
