@@ -8,7 +8,9 @@ Endpoints:
   :class:`~rag_lfm.readers.Answer` with its citations;
 - ``POST /v1/chat/completions`` (OpenAI-compatible): the last user message is the
   question; the reply is the retrieval-augmented answer, with ``citations`` beside
-  ``choices`` (``stream: true`` streams it as server-sent events);
+  ``choices`` (``stream: true`` streams it as server-sent events). With
+  ``"retrieval": false`` it is a plain chat completion by the served model instead
+  (its chat template, greedy; ``max_tokens`` and ``stop`` apply);
 - ``POST /v1/completions`` (OpenAI-compatible): raw continuation of the prompt(s) by the
   reader's model, greedy, with ``logprobs`` (top-N per token): what
   :class:`~rag_lfm.readers.OpenAIReader` needs for REPLUG over HTTP;
@@ -268,6 +270,11 @@ def create_app(
         k: Optional[int] = Field(None, ge=1, le=100_000)
         strategy: Optional[str] = None
         filter: Optional[dict[str, Any]] = None
+        # retrieval=false: a plain chat completion by the served model (its chat template,
+        # greedy), for clients that bring their own context; max_tokens and stop then apply.
+        retrieval: bool = True
+        max_tokens: Optional[int] = Field(None, ge=1)
+        stop: Optional[Union[str, list[str]]] = None
 
     class CompletionRequest(BaseModel):
         model_config = ConfigDict(extra="allow")
@@ -474,8 +481,47 @@ def create_app(
                     return str(content)
         raise ConfigError("messages hold no user message with text; the last user message is the question")
 
+    def check_completion(n_tokens: int, n_logprobs: int, stops: list[str]) -> None:
+        if caps is not None and not caps.completion or not hasattr(reader, "complete"):
+            raise ConfigError(f"reader {model_name!r} does not do raw completion; serve a TransformersReader or "
+                              "LlamaCppReader for /v1/completions and chat without retrieval")
+        if n_tokens > max_tokens:
+            raise ConfigError(f"max_tokens={n_tokens} is over this server's limit of {max_tokens}")
+        if n_logprobs > max_logprobs:
+            raise ConfigError(f"logprobs={n_logprobs} is over this server's limit of {max_logprobs}")
+        if len(stops) > 4:
+            raise ConfigError(f"at most 4 stop strings, got {len(stops)}")
+
+    async def plain_chat(req: Any) -> Any:
+        """/v1/chat/completions with retrieval=false: the messages, continued by the model."""
+        messages = [{"role": m.role, "content": m.content if isinstance(m.content, str) else
+                     " ".join(str(p.get("text", "")) for p in (m.content or []) if p.get("type") == "text")}
+                    for m in req.messages]
+        n_tokens = int(req.max_tokens or 256)
+        stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+        check_completion(n_tokens, 0, stops)
+        cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        if req.stream:
+            def frame(piece: str | None, finish: str | None) -> dict:
+                delta = {"content": piece} if piece is not None else {}
+                return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_name,
+                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+            first = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_name,
+                     "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+            return stream_response(lambda: reader.stream_complete(messages, max_tokens=n_tokens, stop=stops), frame,
+                                   prelude=[first])
+        c = await call(lambda: reader.complete(messages, max_tokens=n_tokens, stop=stops))
+        return {"id": cid, "object": "chat.completion", "created": created, "model": model_name,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": c.text},
+                             "finish_reason": c.finish_reason}],
+                "usage": {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+                          "total_tokens": c.prompt_tokens + c.completion_tokens}}
+
     @app.post("/v1/chat/completions")
     async def chat(req: ChatRequest) -> Any:
+        if not req.retrieval:
+            return await plain_chat(req)
         question = _question(req)
         strat = check_strategy(req.strategy or strategy)
         check_reader(reader, strat)
@@ -516,22 +562,14 @@ def create_app(
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest) -> Any:
-        if caps is not None and not caps.completion or not hasattr(reader, "complete"):
-            raise ConfigError(f"reader {model_name!r} does not do raw completion; serve a TransformersReader or "
-                              "LlamaCppReader for /v1/completions")
         if req.echo:
             raise ConfigError("echo=true is not supported; the prompt is not returned")
         prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
         if not prompts or len(prompts) > 64:
             raise ConfigError(f"prompt must be a string or a list of 1 to 64 strings, got {len(prompts)}")
-        if req.max_tokens > max_tokens:
-            raise ConfigError(f"max_tokens={req.max_tokens} is over this server's limit of {max_tokens}")
         n_lp = int(req.logprobs or 0)
-        if n_lp > max_logprobs:
-            raise ConfigError(f"logprobs={n_lp} is over this server's limit of {max_logprobs}")
         stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-        if len(stops) > 4:
-            raise ConfigError(f"at most 4 stop strings, got {len(stops)}")
+        check_completion(req.max_tokens, n_lp, stops)
         cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         if req.stream:
             if len(prompts) != 1:
