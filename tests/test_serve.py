@@ -274,6 +274,27 @@ def test_a_full_queue_answers_429_and_the_openai_client_retries(kb, reader):
         assert texts == [reader.complete(f"The Nile {i}", max_tokens=20).text for i in range(12)]
 
 
+def test_openai_reader_rides_out_429_and_reports_timeouts(server, kb, reader):
+    pytest.importorskip("openai")
+    from rag_lfm.readers.openai_reader import EndpointError, OpenAIReader
+
+    passages = kb.search_batch(QUESTIONS, 2)
+    calm = OpenAIReader("any", base_url=server.url + "/v1", api="completions", max_new_tokens=5, max_retries=0)
+    expected = [a.text for a in calm.generate_batch(QUESTIONS, passages)]
+    with Server(create_app(kb, reader, max_pending=1)) as busy:
+        pressed = OpenAIReader("any", base_url=busy.url + "/v1", api="completions", max_new_tokens=5,
+                               concurrency=5, max_retries=40)
+        assert [a.text for a in pressed.generate_batch(QUESTIONS, passages)] == expected
+        refused = OpenAIReader("any", base_url=busy.url + "/v1", api="completions", max_new_tokens=5,
+                               concurrency=5, max_retries=0)
+        with pytest.raises(EndpointError, match="429"):
+            for _ in range(3):
+                refused.generate_batch(QUESTIONS * 2, passages * 2)
+    hasty = OpenAIReader("any", base_url=server.url + "/v1", timeout=0.05, max_retries=0)
+    with pytest.raises(EndpointError, match="did not answer within 0.05 s"):
+        hasty.complete("The Nile is", max_tokens=400)
+
+
 def test_api_key_is_required_when_configured(kb, reader, monkeypatch, caplog):
     monkeypatch.setenv("RAG_LFM_SERVE_TEST_KEY", "sk-serve-secret-7f3a")
     with Server(create_app(kb, reader, api_key_env="RAG_LFM_SERVE_TEST_KEY")) as s:
