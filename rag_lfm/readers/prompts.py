@@ -317,7 +317,7 @@ def clean_answer(text: str, prefix: str = ANSWER_PREFIX) -> str:
     """The answer in a generation: its first line, without a leading ``Answer:`` a chat model may repeat.
 
     Example:
-        >>> clean_answer(" Answer: Eiffel Tower\nIt is in Paris.")
+        >>> clean_answer(" Answer: Eiffel Tower\\nIt is in Paris.")
         'Eiffel Tower'
     """
     line = text.strip().split("\n", 1)[0].strip()
