@@ -42,7 +42,6 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from rag_lfm.readers.base import NoPassagesError, PromptTooLongError
 from rag_lfm.readers.types import Answer, Citation
