@@ -336,9 +336,14 @@ def create_app(
         finally:
             worker.release()
 
-    def stream_response(make: Callable[[], Iterator[str]], frame: Callable[[str | None, str | None], dict],
-                        prelude: list[dict] | None = None) -> StreamingResponse:
-        """Server-sent events from ``make()``'s pieces, generated on the worker thread."""
+    async def stream_response(make: Callable[[], Iterator[str]], frame: Callable[[str | None, str | None], dict],
+                              prelude: list[dict] | None = None) -> StreamingResponse:
+        """Server-sent events from ``make()``'s pieces, generated on the worker thread.
+
+        The response starts once the first piece (or the end) is there, so an error before
+        any text (no passages, a prompt too long) is still a JSON error with its status;
+        a later one can only be an error event in the stream.
+        """
         if not worker.admit():
             raise _Overloaded()
         loop = asyncio.get_running_loop()
@@ -364,20 +369,24 @@ def create_app(
                 loop.call_soon_threadsafe(queue.put_nowait, end)
 
         worker.pool.submit(job)
+        first = await queue.get()
+        if isinstance(first, BaseException):
+            cancelled.set()
+            raise first
 
         async def events():
             try:
                 for extra in prelude or []:
                     yield f"data: {json.dumps(extra)}\n\n"
-                while True:
-                    item = await queue.get()
-                    if item is end:
-                        break
-                    if isinstance(item, BaseException):
+                item = first
+                while item is not end:
+                    if isinstance(item, BaseException):  # after the first piece: an error event ends the stream
                         status, kind = _status_of(item) if isinstance(item, RagLfmError) else (500, "server_error")
                         yield f"data: {json.dumps(_error_body(status, str(item), kind))}\n\n"
-                        break
+                        yield "data: [DONE]\n\n"
+                        return
                     yield f"data: {json.dumps(frame(item, None))}\n\n"
+                    item = await queue.get()
                 yield f"data: {json.dumps(frame(None, 'stop'))}\n\n"
                 yield "data: [DONE]\n\n"
             finally:
@@ -509,8 +518,8 @@ def create_app(
 
             first = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_name,
                      "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
-            return stream_response(lambda: reader.stream_complete(messages, max_tokens=n_tokens, stop=stops), frame,
-                                   prelude=[first])
+            return await stream_response(lambda: reader.stream_complete(messages, max_tokens=n_tokens, stop=stops),
+                                         frame, prelude=[first])
         c = await call(lambda: reader.complete(messages, max_tokens=n_tokens, stop=stops))
         return {"id": cid, "object": "chat.completion", "created": created, "model": model_name,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": c.text},
@@ -548,7 +557,7 @@ def create_app(
 
             first = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_name,
                      "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
-            return stream_response(make, frame, prelude=[first])
+            return await stream_response(make, frame, prelude=[first])
         answer = await answer_question(question, kk, strat, req.filter)
         return {
             "id": cid, "object": "chat.completion", "created": created, "model": model_name,
@@ -579,8 +588,8 @@ def create_app(
                 return {"id": cid, "object": "text_completion", "created": created, "model": model_name,
                         "choices": [{"index": 0, "text": piece or "", "logprobs": None, "finish_reason": finish}]}
 
-            return stream_response(lambda: reader.stream_complete(prompts[0], max_tokens=req.max_tokens, stop=stops),
-                                   frame)
+            return await stream_response(
+                lambda: reader.stream_complete(prompts[0], max_tokens=req.max_tokens, stop=stops), frame)
 
         def job() -> list:
             batch = getattr(reader, "complete_batch", None)

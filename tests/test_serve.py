@@ -202,6 +202,8 @@ def test_errors_are_json_with_the_right_status(server):
     assert "max_tokens" in _error(httpx.post(url + "/v1/completions", json={"prompt": "a", "max_tokens": 10**6}), 400)
     assert "logprobs" in _error(httpx.post(url + "/v1/completions", json={"prompt": "a", "logprobs": 50}), 400)
     assert "context window" in _error(httpx.post(url + "/v1/completions", json={"prompt": "tower " * 600}), 400)
+    assert "context window" in _error(httpx.post(url + "/v1/completions",
+                                                 json={"prompt": "tower " * 600, "stream": True}), 400)
     assert "user message" in _error(httpx.post(url + "/v1/chat/completions",
                                                json={"messages": [{"role": "system", "content": "x"}]}), 400)
     # the server still answers after all of them
@@ -214,6 +216,10 @@ def test_empty_index_is_422(tmp_path, reader):
     empty = KnowledgeBase.create(tmp_path / "empty", embedder="hash-64")
     with Server(create_app(empty, reader)) as s:
         assert "holds no documents" in _error(httpx.post(s.url + "/ask", json={"question": "anything?"}), 422)
+        # streamed too: the error comes before any text, so it is still a JSON error with its status
+        chat = {"stream": True, "messages": [{"role": "user", "content": "anything?"}]}
+        assert "holds no documents" in _error(httpx.post(s.url + "/v1/chat/completions", json=chat), 422)
+        assert httpx.get(s.url + "/health").json()["pending"] == 0
         ok = httpx.post(s.url + "/ask", json={"question": "anything?", "strategy": "closed-book"})
         assert ok.status_code == 200 and ok.json()["citations"] == []
 
