@@ -8,7 +8,9 @@ Endpoints:
   :class:`~rag_lfm.readers.Answer` with its citations;
 - ``POST /v1/chat/completions`` (OpenAI-compatible): the last user message is the
   question; the reply is the retrieval-augmented answer, with ``citations`` beside
-  ``choices`` (``stream: true`` streams it as server-sent events);
+  ``choices`` (``stream: true`` streams it as server-sent events). With
+  ``"retrieval": false`` it is a plain chat completion by the served model instead
+  (its chat template, greedy; ``max_tokens`` and ``stop`` apply);
 - ``POST /v1/completions`` (OpenAI-compatible): raw continuation of the prompt(s) by the
   reader's model, greedy, with ``logprobs`` (top-N per token): what
   :class:`~rag_lfm.readers.OpenAIReader` needs for REPLUG over HTTP;
@@ -268,6 +270,11 @@ def create_app(
         k: Optional[int] = Field(None, ge=1, le=100_000)
         strategy: Optional[str] = None
         filter: Optional[dict[str, Any]] = None
+        # retrieval=false: a plain chat completion by the served model (its chat template,
+        # greedy), for clients that bring their own context; max_tokens and stop then apply.
+        retrieval: bool = True
+        max_tokens: Optional[int] = Field(None, ge=1)
+        stop: Optional[Union[str, list[str]]] = None
 
     class CompletionRequest(BaseModel):
         model_config = ConfigDict(extra="allow")
@@ -329,9 +336,14 @@ def create_app(
         finally:
             worker.release()
 
-    def stream_response(make: Callable[[], Iterator[str]], frame: Callable[[str | None, str | None], dict],
-                        prelude: list[dict] | None = None) -> StreamingResponse:
-        """Server-sent events from ``make()``'s pieces, generated on the worker thread."""
+    async def stream_response(make: Callable[[], Iterator[str]], frame: Callable[[str | None, str | None], dict],
+                              prelude: list[dict] | None = None) -> StreamingResponse:
+        """Server-sent events from ``make()``'s pieces, generated on the worker thread.
+
+        The response starts once the first piece (or the end) is there, so an error before
+        any text (no passages, a prompt too long) is still a JSON error with its status;
+        a later one can only be an error event in the stream.
+        """
         if not worker.admit():
             raise _Overloaded()
         loop = asyncio.get_running_loop()
@@ -357,20 +369,24 @@ def create_app(
                 loop.call_soon_threadsafe(queue.put_nowait, end)
 
         worker.pool.submit(job)
+        first = await queue.get()
+        if isinstance(first, BaseException):
+            cancelled.set()
+            raise first
 
         async def events():
             try:
                 for extra in prelude or []:
                     yield f"data: {json.dumps(extra)}\n\n"
-                while True:
-                    item = await queue.get()
-                    if item is end:
-                        break
-                    if isinstance(item, BaseException):
+                item = first
+                while item is not end:
+                    if isinstance(item, BaseException):  # after the first piece: an error event ends the stream
                         status, kind = _status_of(item) if isinstance(item, RagLfmError) else (500, "server_error")
                         yield f"data: {json.dumps(_error_body(status, str(item), kind))}\n\n"
-                        break
+                        yield "data: [DONE]\n\n"
+                        return
                     yield f"data: {json.dumps(frame(item, None))}\n\n"
+                    item = await queue.get()
                 yield f"data: {json.dumps(frame(None, 'stop'))}\n\n"
                 yield "data: [DONE]\n\n"
             finally:
@@ -474,8 +490,47 @@ def create_app(
                     return str(content)
         raise ConfigError("messages hold no user message with text; the last user message is the question")
 
+    def check_completion(n_tokens: int, n_logprobs: int, stops: list[str]) -> None:
+        if caps is not None and not caps.completion or not hasattr(reader, "complete"):
+            raise ConfigError(f"reader {model_name!r} does not do raw completion; serve a TransformersReader or "
+                              "LlamaCppReader for /v1/completions and chat without retrieval")
+        if n_tokens > max_tokens:
+            raise ConfigError(f"max_tokens={n_tokens} is over this server's limit of {max_tokens}")
+        if n_logprobs > max_logprobs:
+            raise ConfigError(f"logprobs={n_logprobs} is over this server's limit of {max_logprobs}")
+        if len(stops) > 4:
+            raise ConfigError(f"at most 4 stop strings, got {len(stops)}")
+
+    async def plain_chat(req: Any) -> Any:
+        """/v1/chat/completions with retrieval=false: the messages, continued by the model."""
+        messages = [{"role": m.role, "content": m.content if isinstance(m.content, str) else
+                     " ".join(str(p.get("text", "")) for p in (m.content or []) if p.get("type") == "text")}
+                    for m in req.messages]
+        n_tokens = int(req.max_tokens or 256)
+        stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+        check_completion(n_tokens, 0, stops)
+        cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        if req.stream:
+            def frame(piece: str | None, finish: str | None) -> dict:
+                delta = {"content": piece} if piece is not None else {}
+                return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_name,
+                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+            first = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_name,
+                     "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+            return await stream_response(lambda: reader.stream_complete(messages, max_tokens=n_tokens, stop=stops),
+                                         frame, prelude=[first])
+        c = await call(lambda: reader.complete(messages, max_tokens=n_tokens, stop=stops))
+        return {"id": cid, "object": "chat.completion", "created": created, "model": model_name,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": c.text},
+                             "finish_reason": c.finish_reason}],
+                "usage": {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+                          "total_tokens": c.prompt_tokens + c.completion_tokens}}
+
     @app.post("/v1/chat/completions")
     async def chat(req: ChatRequest) -> Any:
+        if not req.retrieval:
+            return await plain_chat(req)
         question = _question(req)
         strat = check_strategy(req.strategy or strategy)
         check_reader(reader, strat)
@@ -502,7 +557,7 @@ def create_app(
 
             first = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_name,
                      "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
-            return stream_response(make, frame, prelude=[first])
+            return await stream_response(make, frame, prelude=[first])
         answer = await answer_question(question, kk, strat, req.filter)
         return {
             "id": cid, "object": "chat.completion", "created": created, "model": model_name,
@@ -516,22 +571,14 @@ def create_app(
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest) -> Any:
-        if caps is not None and not caps.completion or not hasattr(reader, "complete"):
-            raise ConfigError(f"reader {model_name!r} does not do raw completion; serve a TransformersReader or "
-                              "LlamaCppReader for /v1/completions")
         if req.echo:
             raise ConfigError("echo=true is not supported; the prompt is not returned")
         prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
         if not prompts or len(prompts) > 64:
             raise ConfigError(f"prompt must be a string or a list of 1 to 64 strings, got {len(prompts)}")
-        if req.max_tokens > max_tokens:
-            raise ConfigError(f"max_tokens={req.max_tokens} is over this server's limit of {max_tokens}")
         n_lp = int(req.logprobs or 0)
-        if n_lp > max_logprobs:
-            raise ConfigError(f"logprobs={n_lp} is over this server's limit of {max_logprobs}")
         stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-        if len(stops) > 4:
-            raise ConfigError(f"at most 4 stop strings, got {len(stops)}")
+        check_completion(req.max_tokens, n_lp, stops)
         cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         if req.stream:
             if len(prompts) != 1:
@@ -541,8 +588,8 @@ def create_app(
                 return {"id": cid, "object": "text_completion", "created": created, "model": model_name,
                         "choices": [{"index": 0, "text": piece or "", "logprobs": None, "finish_reason": finish}]}
 
-            return stream_response(lambda: reader.stream_complete(prompts[0], max_tokens=req.max_tokens, stop=stops),
-                                   frame)
+            return await stream_response(
+                lambda: reader.stream_complete(prompts[0], max_tokens=req.max_tokens, stop=stops), frame)
 
         def job() -> list:
             batch = getattr(reader, "complete_batch", None)

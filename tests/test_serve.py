@@ -155,6 +155,37 @@ def test_openai_completions_are_the_readers_completions(server, reader):
     assert "".join(c.choices[0].text for c in streamed if c.choices) == reader.complete("The Nile is", max_tokens=6).text
 
 
+def test_openai_reader_chat_api_against_a_plain_chat(kb, tmp_path):
+    """OpenAIReader's chat path (messages, the reply cleaned, streaming) on the served model's plain chat."""
+    pytest.importorskip("openai")
+    # peaked weights: the default tiny model mostly repeats the turn's opening newline (an empty answer)
+    reader = TransformersReader(save_tiny_llama(tmp_path / "m", chat=True, vocab="chars", init_std=0.5),
+                                device="cpu").warm_up()
+    with Server(create_app(kb, reader)) as server:
+        _check_chat_path(server, kb, reader)
+
+
+def _check_chat_path(server, kb, reader) -> None:
+    from rag_lfm.readers.openai_reader import OpenAIReader
+    from rag_lfm.readers.prompts import clean_answer, plan_prompts
+
+    remote = OpenAIReader("any", base_url=server.url + "/v1", api="chat", extra_body={"retrieval": False},
+                          max_new_tokens=5, max_retries=0)
+    answered = 0
+    for q in QUESTIONS:
+        passages = kb.search(q, k=2)
+        parts, _ = plan_prompts(remote.prompts, q, passages, "in-context", 0.05)
+        assert parts[0].messages[-1]["role"] == "user" and "Passages:" in parts[0].messages[-1]["content"]
+        local = reader.complete(parts[0].messages, max_tokens=5)  # a chat reply: its first non-empty line
+        a = remote.generate(q, passages)
+        assert a.text == clean_answer(local.text)
+        assert [c.doc_id for c in a.citations] == [h.doc_id for h in passages]
+        assert a.prompt_tokens == local.prompt_tokens  # the endpoint's own count
+        assert "".join(remote.stream(q, passages)).strip() == a.text
+        answered += bool(a.text)
+    assert answered  # (a random model often starts with a newline: an empty one-line answer)
+
+
 # -- errors are JSON with the right status ----------------------------------------------------------
 def test_errors_are_json_with_the_right_status(server):
     url = server.url
@@ -171,6 +202,8 @@ def test_errors_are_json_with_the_right_status(server):
     assert "max_tokens" in _error(httpx.post(url + "/v1/completions", json={"prompt": "a", "max_tokens": 10**6}), 400)
     assert "logprobs" in _error(httpx.post(url + "/v1/completions", json={"prompt": "a", "logprobs": 50}), 400)
     assert "context window" in _error(httpx.post(url + "/v1/completions", json={"prompt": "tower " * 600}), 400)
+    assert "context window" in _error(httpx.post(url + "/v1/completions",
+                                                 json={"prompt": "tower " * 600, "stream": True}), 400)
     assert "user message" in _error(httpx.post(url + "/v1/chat/completions",
                                                json={"messages": [{"role": "system", "content": "x"}]}), 400)
     # the server still answers after all of them
@@ -183,6 +216,10 @@ def test_empty_index_is_422(tmp_path, reader):
     empty = KnowledgeBase.create(tmp_path / "empty", embedder="hash-64")
     with Server(create_app(empty, reader)) as s:
         assert "holds no documents" in _error(httpx.post(s.url + "/ask", json={"question": "anything?"}), 422)
+        # streamed too: the error comes before any text, so it is still a JSON error with its status
+        chat = {"stream": True, "messages": [{"role": "user", "content": "anything?"}]}
+        assert "holds no documents" in _error(httpx.post(s.url + "/v1/chat/completions", json=chat), 422)
+        assert httpx.get(s.url + "/health").json()["pending"] == 0
         ok = httpx.post(s.url + "/ask", json={"question": "anything?", "strategy": "closed-book"})
         assert ok.status_code == 200 and ok.json()["citations"] == []
 
@@ -241,6 +278,27 @@ def test_a_full_queue_answers_429_and_the_openai_client_retries(kb, reader):
         with ThreadPoolExecutor(max_workers=12) as pool:
             texts = list(pool.map(with_retries, range(12)))
         assert texts == [reader.complete(f"The Nile {i}", max_tokens=20).text for i in range(12)]
+
+
+def test_openai_reader_rides_out_429_and_reports_timeouts(server, kb, reader):
+    pytest.importorskip("openai")
+    from rag_lfm.readers.openai_reader import EndpointError, OpenAIReader
+
+    passages = kb.search_batch(QUESTIONS, 2)
+    calm = OpenAIReader("any", base_url=server.url + "/v1", api="completions", max_new_tokens=5, max_retries=0)
+    expected = [a.text for a in calm.generate_batch(QUESTIONS, passages)]
+    with Server(create_app(kb, reader, max_pending=1)) as busy:
+        pressed = OpenAIReader("any", base_url=busy.url + "/v1", api="completions", max_new_tokens=5,
+                               concurrency=5, max_retries=40)
+        assert [a.text for a in pressed.generate_batch(QUESTIONS, passages)] == expected
+        refused = OpenAIReader("any", base_url=busy.url + "/v1", api="completions", max_new_tokens=5,
+                               concurrency=5, max_retries=0)
+        with pytest.raises(EndpointError, match="429"):
+            for _ in range(3):
+                refused.generate_batch(QUESTIONS * 2, passages * 2)
+    hasty = OpenAIReader("any", base_url=server.url + "/v1", timeout=0.05, max_retries=0)
+    with pytest.raises(EndpointError, match="did not answer within 0.05 s"):
+        hasty.complete("The Nile is", max_tokens=400)
 
 
 def test_api_key_is_required_when_configured(kb, reader, monkeypatch, caplog):

@@ -103,6 +103,8 @@ class OpenAIReader:
             as for :class:`~rag_lfm.readers.TransformersReader`.
         constrain: only ``"none"``: copy-constrained decoding needs logits an endpoint does not return.
         end_tokens: texts of the model's end-of-turn tokens (see ``END_TOKENS``).
+        extra_body: extra JSON fields sent with every request (server-specific options, e.g. vLLM's
+            ``repetition_penalty``, or ``{"retrieval": False}`` for a plain chat on ``rag-lfm serve``).
     """
 
     def __init__(
@@ -127,6 +129,7 @@ class OpenAIReader:
         one_shot: bool = True,
         constrain: str = "none",
         end_tokens: Sequence[str] = END_TOKENS,
+        extra_body: dict[str, Any] | None = None,
     ) -> None:
         if not model:
             raise ConfigError("model is empty; pass the name of the model the endpoint serves")
@@ -170,6 +173,7 @@ class OpenAIReader:
         self.one_shot = one_shot
         self.constrain = "none"
         self.end_tokens = frozenset(end_tokens)
+        self.extra_body = dict(extra_body or {})
         self.capabilities = Capabilities(logprobs=bool(logprobs), logits=False, batching=True, streaming=True,
                                          completion=True)
         self._client: Any = None
@@ -224,6 +228,8 @@ class OpenAIReader:
         """One API call; the client's failures become :class:`EndpointError` naming the endpoint and the fix."""
         openai = _openai()
         where = self.base_url or "the OpenAI API"
+        if self.extra_body:
+            kwargs["extra_body"] = {**self.extra_body, **kwargs.get("extra_body", {})}
         try:
             return fn(model=self.model, **kwargs)
         except openai.AuthenticationError as exc:
@@ -250,14 +256,15 @@ class OpenAIReader:
     def _ask(self, parts: list[PromptParts], stream: bool = False) -> Any:
         common = {"max_tokens": self.max_new_tokens, "temperature": 0.0, "stream": stream}
         if self.api == "chat":
-            return self._call(self.client.chat.completions.create, messages=parts[0].messages, stop=["\n"], **common)
+            # No stop at a newline here: a chat reply may open with one; the answer is its
+            # first non-empty line (clean_answer), and max_new_tokens bounds the rest.
+            return self._call(self.client.chat.completions.create, messages=parts[0].messages, **common)
+        # The completions prompt ends with "Answer:", so the answer is the rest of that line.
         return self._call(self.client.completions.create, prompt=parts[0].text, stop=["\n"], **common)
 
-    def _answer_one(self, question: str, passages: list[Hit], strategy: str) -> Answer:
-        if strategy == "extractive":
-            return extractive_answer(question, passages)
+    def _answer_one(self, question: str, strategy: str, plan: tuple[list[PromptParts], list[float] | None]) -> Answer:
         start = time.perf_counter()
-        parts, weights = plan_prompts(self.prompts, question, passages, strategy, self.replug_temperature)
+        parts, weights = plan
         if strategy == "replug":
             assert weights is not None
             raw, reason, n = self._replug(parts, weights)
@@ -349,7 +356,12 @@ class OpenAIReader:
         if len(passages) != len(questions):
             raise ConfigError(f"got {len(questions)} questions but {len(passages)} passage lists; pass one list per question")
         self.warm_up()
-        jobs = list(zip(questions, [list(p) for p in passages]))
+        if strategy == "extractive":
+            return [extractive_answer(q, list(p)) for q, p in zip(questions, passages)]
+        # Prompts are built here, in one thread (tokenizers are not made to be shared by threads);
+        # only the HTTP requests run concurrently.
+        jobs = [(q, plan_prompts(self.prompts, q, list(p), strategy, self.replug_temperature))
+                for q, p in zip(questions, passages)]
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -357,7 +369,7 @@ class OpenAIReader:
             bar = tqdm(total=len(jobs), desc=f"answering ({strategy})", unit="q")
         with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(jobs)))) as pool:
             answers = []
-            for a in pool.map(lambda job: self._answer_one(job[0], job[1], strategy), jobs):
+            for a in pool.map(lambda job: self._answer_one(job[0], strategy, job[1]), jobs):
                 answers.append(a)
                 if bar is not None:
                     bar.update(1)
@@ -377,7 +389,7 @@ class OpenAIReader:
             assert weights is not None
             return self._replug_tokens(parts, weights)
         resp = self._ask(parts, stream=True)
-        return _strip_prefix(self._deltas(resp))
+        return _answer_stream(self._deltas(resp))
 
     def _deltas(self, resp: Any) -> Iterator[str]:
         for chunk in resp:
@@ -447,19 +459,32 @@ def _message(exc: Any) -> str:
     return str(getattr(exc, "message", exc))
 
 
-def _strip_prefix(pieces: Iterator[str], prefix: str = "Answer:") -> Iterator[str]:
-    """Drop a leading ``Answer:`` a chat model may repeat from the worked examples, as it streams."""
+def _answer_stream(pieces: Iterator[str], prefix: str = "Answer:") -> Iterator[str]:
+    """The streamed answer as :func:`clean_answer` cuts it: leading blank lines and an ``Answer:``
+    a chat model may repeat from the worked examples dropped, and nothing after the first line.
+
+    ``"".join(_answer_stream(p)).strip() == clean_answer("".join(p))``.
+    """
     head = ""
     it = iter(pieces)
-    for piece in it:
+    for piece in it:  # until what comes first is known not to be (the rest of) the prefix
         head += piece
         stripped = head.lstrip()
-        if len(stripped) < len(prefix) and prefix.lower().startswith(stripped.lower()):
-            continue  # still could be the prefix: wait
-        if stripped.lower().startswith(prefix.lower()):
-            head = stripped[len(prefix):].lstrip()
-        if head:
-            yield head
+        if not stripped or (len(stripped) < len(prefix) and prefix.lower().startswith(stripped.lower())):
+            continue
+        head = stripped[len(prefix):].lstrip(" \t") if stripped.lower().startswith(prefix.lower()) else stripped
         break
-    yield from it
-
+    else:  # the stream ended inside what might have been the prefix: it is the whole reply
+        if clean_answer(head, prefix):
+            yield clean_answer(head, prefix)
+        return
+    for piece in [head] if head else []:
+        if "\n" in piece:
+            yield piece.split("\n", 1)[0]
+            return
+        yield piece
+    for piece in it:
+        if "\n" in piece:
+            yield piece.split("\n", 1)[0]
+            return
+        yield piece

@@ -42,7 +42,6 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from rag_lfm.readers.base import NoPassagesError, PromptTooLongError
 from rag_lfm.readers.types import Answer, Citation
@@ -317,7 +316,7 @@ def clean_answer(text: str, prefix: str = ANSWER_PREFIX) -> str:
     """The answer in a generation: its first line, without a leading ``Answer:`` a chat model may repeat.
 
     Example:
-        >>> clean_answer(" Answer: Eiffel Tower\nIt is in Paris.")
+        >>> clean_answer(" Answer: Eiffel Tower\\nIt is in Paris.")
         'Eiffel Tower'
     """
     line = text.strip().split("\n", 1)[0].strip()
