@@ -51,10 +51,13 @@ def main() -> None:
                          "`rag-lfm eval retrieval` (hybrid, hybrid-weighted, hybrid-lead, ...)")
     ap.add_argument("--strategies", default=DEFAULT_STRATEGIES, help="comma list of strategy[:k]")
     ap.add_argument("--model", default="SmolLM2-135M-Instruct")
-    ap.add_argument("--max-passage-tokens", type=int, default=64)
-    ap.add_argument("--max-new-tokens", type=int, default=12)
+    ap.add_argument("--max-passage-tokens", type=int, default=None, help="default: the reader's")
+    ap.add_argument("--max-new-tokens", type=int, default=None, help="default: the reader's")
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--constrain", default="copy", choices=["copy", "none"])
+    ap.add_argument("--constrain", default=None, choices=["copy", "none"], help="default: the reader's")
+    ap.add_argument("--variants", default="{}",
+                    help="JSON object or list of objects: TransformersReader arguments, each variant run with every "
+                         "strategy (e.g. '[{\"answer_starts\": 1}, {\"answer_starts\": 4, \"drop_echoes\": true}]')")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -87,38 +90,43 @@ def main() -> None:
         else:
             qa_sets[os.path.basename(name).removesuffix(".jsonl")] = load_qa_jsonl(name)
     readers: dict[str, TransformersReader] = {}
+    base = {k: v for k, v in {"max_new_tokens": args.max_new_tokens, "max_passage_tokens": args.max_passage_tokens,
+                              "constrain": args.constrain}.items() if v is not None}
+    variants = json.loads(args.variants)
+    variants = [variants] if isinstance(variants, dict) else variants
 
-    def reader_for(candidates: str) -> TransformersReader:
-        if candidates not in readers:
+    def reader_for(candidates: str, variant: dict) -> TransformersReader:
+        key = json.dumps([candidates, variant], sort_keys=True)
+        if key not in readers:
             extra = {"candidates": candidates} if candidates else {}
-            readers[candidates] = TransformersReader(
-                args.model, max_new_tokens=args.max_new_tokens, max_passage_tokens=args.max_passage_tokens,
-                batch_size=args.batch_size, constrain=args.constrain, **extra).warm_up()
-        return readers[candidates]
+            readers[key] = TransformersReader(args.model, batch_size=args.batch_size, **{**base, **variant, **extra}).warm_up()
+        return readers[key]
 
-    r0 = reader_for("")
+    r0 = reader_for("", variants[0])
     print(f"reader: {r0.name} on {r0.device} ({r0.dtype}), window {r0.context_window}")
     rows = []
     t0 = time.perf_counter()
     for set_name, examples in qa_sets.items():
-        for spec in args.strategies.split(","):
-            name, k, candidates = (spec.split(":") + ["", ""])[:3]
-            rep = evaluate_qa(source, reader_for(candidates), examples, strategy=name, k=int(k or 5),
-                              progress=not args.json)
-            rep.qa_set, rep.candidates = set_name, candidates or r0.candidates  # type: ignore[attr-defined]
-            rows.append(rep)
-            print(f"{set_name:<14} {candidates or r0.candidates:<7}", rep.row(), flush=True)
+        for variant in variants:
+            for spec in args.strategies.split(","):
+                name, k, candidates = (spec.split(":") + ["", ""])[:3]
+                reader = reader_for(candidates, variant)
+                rep = evaluate_qa(source, reader, examples, strategy=name, k=int(k or 5), progress=not args.json)
+                label = ",".join(f"{a}={b}" for a, b in variant.items())
+                rep.qa_set, rep.candidates, rep.variant = set_name, reader.candidates, label  # type: ignore[attr-defined]
+                rows.append(rep)
+                print(f"{set_name:<14} {reader.candidates:<7} {label:<34}", rep.row(), flush=True)
     total = time.perf_counter() - t0
 
-    print(f"\n{'QA set':<16}{'strategy':<16}{'cands':<8}{'EM':>7}{'contains':>9}{'F1':>7}{'in-ctx':>8}"
+    print(f"\n{'QA set':<16}{'strategy':<16}{'cands':<8}{'variant':<34}{'EM':>7}{'contains':>9}{'F1':>7}{'in-ctx':>8}"
           f"{'EM/in-ctx':>10}{'s/q':>8}{'EM-CB':>8}")
     for r in rows:
-        cb = next((x for x in rows if x.strategy == "closed-book" and x.qa_set == r.qa_set), None)
+        cb = next((x for x in rows if x.strategy == "closed-book" and x.qa_set == r.qa_set and x.variant == r.variant), None)
         label = r.strategy if r.strategy == "closed-book" else f"{r.strategy} k={r.k}"
         aic = "-" if r.answer_in_context is None else f"{r.answer_in_context:.3f}"
         ratio = "-" if not r.answer_in_context else f"{r.exact_match / r.answer_in_context:.2f}"
         gain = "-" if cb is None or r is cb else f"{r.exact_match - cb.exact_match:+.3f}"
-        print(f"{r.qa_set:<16}{label:<16}{r.candidates:<8}{r.exact_match:7.3f}{r.contains:9.3f}{r.f1:7.3f}{aic:>8}"
+        print(f"{r.qa_set:<16}{label:<16}{r.candidates:<8}{r.variant:<34}{r.exact_match:7.3f}{r.contains:9.3f}{r.f1:7.3f}{aic:>8}"
               f"{ratio:>10}{r.seconds_per_question:8.3f}{gain:>8}")
     first = next(iter(qa_sets))
     rows_first = [r for r in rows if r.qa_set == first]
@@ -143,7 +151,8 @@ def main() -> None:
     print(f"total {total:.0f} s")
     if args.json:
         print(json.dumps({"n": n, "args": vars(args), "total_s": total, "targets": targets,
-                          "rows": [r.to_dict() | {"qa_set": r.qa_set, "candidates": r.candidates} for r in rows]}))
+                          "rows": [r.to_dict() | {"qa_set": r.qa_set, "candidates": r.candidates, "variant": r.variant}
+                                   for r in rows]}))
 
 
 if __name__ == "__main__":

@@ -149,6 +149,7 @@ def search(
     query: Annotated[list[str], typer.Argument(help="One or more queries.")],
     k: Annotated[int, typer.Option("-k", help="Hits per query.")] = 5,
     filter: Annotated[Optional[str], typer.Option(help='Metadata filter as JSON, e.g. \'{"topic": "History"}\'.')] = None,
+    method: Annotated[Optional[str], typer.Option(help="None: the index's own retriever (hybrid by default); 'dense': embeddings only.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Search an index; several queries are embedded and searched as one batch."""
@@ -157,7 +158,7 @@ def search(
     try:
         flt = _parse_filter(filter)
         kb = KnowledgeBase.open(index)  # sha256-checked, like every command: a modified file is never searched
-        results = kb.search_batch(query, k=k, filter=flt)
+        results = kb.search_batch(query, k=k, filter=flt, method=method)
     except RagLfmError as exc:
         _fail(exc)
     if as_json:

@@ -6,6 +6,7 @@ The language (the one Chroma, Pinecone and LangChain users know)::
     {"year": {"$gte": 1900, "$lt": 2000}}           # ranges: $gt $gte $lt $lte
     {"topic": {"$in": ["History", "Arts"]}}         # membership: $in $nin
     {"topic": {"$ne": "Arts"}}
+    {"path": {"$prefix": "docs/api/"}}              # a string field starting with (exact, case-sensitive)
     {"$or": [{"topic": "History"}, {"year": {"$lt": 1800}}]}
     {"$and": [...]}, {"$not": {...}}                # several keys at one level = $and
 
@@ -31,12 +32,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import Table, and_, false, not_, or_, true
+from sqlalchemy import Table, and_, false, func, not_, or_, true
 from sqlalchemy.sql.elements import ColumnElement
 
 from rag_lfm.errors import FilterError
 
-OPS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin")
+OPS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$prefix")
 RESERVED = {"_source": "str", "_doc_id": "str"}
 MAX_DEPTH = 32  # nesting levels of $and / $or / $not and field conditions
 MAX_CONDITIONS = 256  # field comparisons in one filter (SQLite parses a long OR chain as a deep tree)
@@ -167,6 +168,12 @@ def _clause(key: str, value: Any, documents: Table, fields: dict[str, str], dial
             parts.append(clause if op == "$in" else or_(not_(clause), column.is_(None)))
             continue
         _check_type(key, ftype, op, operand)
+        if op == "$prefix":
+            if ftype != "str" or not operand:
+                raise FilterError(f"$prefix on {key!r} takes a non-empty str and a field of str values (e.g. 'path'), got {operand!r}")
+            # substr, not LIKE: LIKE is case-insensitive on SQLite and treats % and _ as wildcards.
+            parts.append(func.substr(column, 1, len(operand)) == operand)
+            continue
         if op in ("$gt", "$gte", "$lt", "$lte") and ftype == "bool":
             raise FilterError(f"{op} on boolean field {key!r} makes no sense; use $eq")
         parts.append(

@@ -275,3 +275,21 @@ def test_recorded_specs_never_keep_a_password(tmp_path):
     kb.ingest(src, progress=False)
     spec = kb.docstore.source_infos()["db"]["spec"]
     assert spec["url"] == "postgresql+psycopg://user:***@host/db" and spec["name"] == "db"
+
+
+def test_prefix_filter_selects_a_folder_exactly(tmp_path, docstore_url, unique_prefix):
+    """{"path": {"$prefix": ...}} keeps documents under a folder, case-sensitively, with no wildcard surprises."""
+    kb = KnowledgeBase.create(tmp_path / "idx", embedder=HashEmbedder(32), docstore=docstore_url, table_prefix=unique_prefix)
+    try:
+        docs = [Document(p, f"notes about {p}", {"path": p}) for p in
+                ["docs/api/a.md", "docs/api/b.md", "docs/apix.md", "Docs/api/c.md", "docs/a%i/d.md", "src/x.py"]]
+        kb.ingest(InMemory(docs), progress=False)
+        got = {h.doc_id for h in kb.search("notes", k=10, filter={"path": {"$prefix": "docs/api/"}})}
+        assert got == {"docs/api/a.md", "docs/api/b.md"}
+        assert {h.doc_id for h in kb.search("notes", k=10, filter={"path": {"$prefix": "docs/a%"}})} == {"docs/a%i/d.md"}
+        with pytest.raises(FilterError, match=r"\$prefix on 'path' takes a non-empty str"):
+            kb.search("notes", filter={"path": {"$prefix": ""}})
+    finally:
+        if docstore_url:
+            kb.docstore.drop_tables()
+        kb.close()

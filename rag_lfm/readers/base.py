@@ -28,6 +28,11 @@ from rag_lfm.readers.types import Answer
 from rag_lfm.types import Hit
 
 STRATEGIES: tuple[str, ...] = ("closed-book", "in-context", "replug", "extractive")
+# What `ask`, `rag-lfm ask`, `rag-lfm eval qa`, `rag-lfm serve` and the demo use unless told otherwise:
+# the strategy and k that scored best on the dev split of both QA sets (the built-in description task
+# and the general factoid questions), with the index's own retriever (benchmarks/RESULTS.md, issue 9).
+DEFAULT_STRATEGY = "in-context"
+DEFAULT_K = 1
 
 
 class NoPassagesError(RagLfmError, LookupError):

@@ -32,13 +32,16 @@ def _fail(exc: BaseException) -> None:
     raise typer.Exit(2)
 
 
-def _reader(model: str | None, max_new_tokens: int, max_passage_tokens: int, device: str, dtype: str,
+def _reader(model: str | None, max_new_tokens: int | None, max_passage_tokens: int | None, device: str, dtype: str,
             constrain: str | None, *, kind: str = "transformers", base_url: str | None = None,
-            api_key_env: str | None = None, api: str | None = None, tokenizer: str | None = None):
-    """A reader from the CLI's options (options a kind does not take are left out)."""
+            api_key_env: str | None = None, api: str | None = None, tokenizer: str | None = None,
+            candidates: str | None = None, answer_starts: int | None = None):
+    """A reader from the CLI's options; options left unset (None) take the reader's own defaults, so the
+    CLI and Python answer alike."""
     from rag_lfm.readers.registry import make_reader
 
-    opts: dict = {"max_new_tokens": max_new_tokens, "max_passage_tokens": max_passage_tokens, "constrain": constrain}
+    opts: dict = {"max_new_tokens": max_new_tokens, "max_passage_tokens": max_passage_tokens, "constrain": constrain,
+                  "candidates": candidates, "answer_starts": answer_starts}
     name = kind.strip().lower()
     if name == "transformers":
         opts.update(device=device, dtype=dtype)
@@ -60,6 +63,36 @@ ApiOpt = Annotated[Optional[str], typer.Option(help="openai: 'chat' (default) or
 TokOpt = Annotated[Optional[str], typer.Option(help="openai: a local tokenizer for exact token budgets.")]
 ConstrainOpt = Annotated[Optional[str], typer.Option(
     help="'copy' (answer is a span of the passages; the local readers' default) or 'none' (openai's only option).")]
+StrategyOpt = Annotated[Optional[str], typer.Option("--strategy", "-s", help=STRATEGY_HELP + " Default: the measured best.")]
+KOpt = Annotated[Optional[int], typer.Option("--k", "-k", help="Passages to retrieve (default: the measured best).")]
+MethodOpt = Annotated[Optional[str], typer.Option(
+    help="Retrieval: the index's own retriever by default (hybrid dense + BM25), or dense, bm25, hybrid, "
+         "hybrid-lead, mmr, metric:<name> (see `rag-lfm retrieve`).")]
+FilterOpt = Annotated[Optional[str], typer.Option(help='Metadata filter as JSON, e.g. \'{"topic": "History"}\'.')]
+MaxNewOpt = Annotated[Optional[int], typer.Option(help="Longest answer, in tokens (default: the reader's).")]
+PassageOpt = Annotated[Optional[int], typer.Option(help="Each passage is cut to this many tokens (default: the reader's).")]
+CandidatesOpt = Annotated[Optional[str], typer.Option(
+    help="transformers/llamacpp: 'titles' (the passages' titles compete with the decoded answer) or 'none'.")]
+StartsOpt = Annotated[Optional[int], typer.Option(
+    help="transformers: answers decoded from this many likeliest first tokens, then scored whole (default: the reader's).")]
+
+
+def _source(kb, method: str | None):
+    """What to retrieve from: the index itself (its recorded retriever) or a named method."""
+    if method is None or method == "default":
+        return kb
+    from rag_lfm.retrieval.cli import build_retriever
+
+    return build_retriever(kb, method)
+
+
+def _filter(text: str | None):
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RagLfmError(f"--filter {text!r} is not valid JSON ({exc.msg}); e.g. --filter '{{\"topic\": \"History\"}}'") from None
 
 
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:
@@ -69,13 +102,17 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     def ask(
         index: Annotated[str, typer.Argument(help="Index directory.")],
         question: Annotated[str, typer.Argument(help="The question.")],
-        strategy: Annotated[str, typer.Option("--strategy", "-s", help=STRATEGY_HELP)] = "in-context",
-        k: Annotated[int, typer.Option("--k", "-k", help="Passages to retrieve.")] = 3,
+        strategy: StrategyOpt = None,
+        k: KOpt = None,
+        method: MethodOpt = None,
+        filter: FilterOpt = None,
         reader_kind: ReaderOpt = "transformers",
         model: Annotated[Optional[str], typer.Option(help=MODEL_HELP)] = None,
-        max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 24,
-        max_passage_tokens: Annotated[int, typer.Option(help="Each passage is cut to this many tokens.")] = 160,
+        max_new_tokens: MaxNewOpt = None,
+        max_passage_tokens: PassageOpt = None,
         constrain: ConstrainOpt = None,
+        candidates: CandidatesOpt = None,
+        answer_starts: StartsOpt = None,
         device: Annotated[str, typer.Option(help="transformers: auto, cpu, cuda ...")] = "auto",
         dtype: Annotated[str, typer.Option(help="transformers: auto, float32, bfloat16, float16.")] = "auto",
         base_url: BaseUrlOpt = None,
@@ -87,20 +124,24 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     ) -> None:
         """Answer QUESTION from the passages retrieved from INDEX, citing them."""
         from rag_lfm.knowledge_base import KnowledgeBase
-        from rag_lfm.readers.base import check_strategy
+        from rag_lfm.readers.base import DEFAULT_K, DEFAULT_STRATEGY, check_strategy
         from rag_lfm.readers.pipeline import _check_not_empty
         from rag_lfm.readers.pipeline import ask as ask_fn
 
         try:
-            strategy = check_strategy(strategy)
+            strategy = check_strategy(strategy or DEFAULT_STRATEGY)
+            k = DEFAULT_K if k is None else k
+            flt = _filter(filter)
             reader = _reader(model, max_new_tokens, max_passage_tokens, device, dtype, constrain, kind=reader_kind,
-                             base_url=base_url, api_key_env=api_key_env, api=api, tokenizer=tokenizer)
+                             base_url=base_url, api_key_env=api_key_env, api=api, tokenizer=tokenizer,
+                             candidates=candidates, answer_starts=answer_starts)
             kb = KnowledgeBase.open(index)
+            source = _source(kb, method)
             if stream and not as_json:
                 hits: list = []
                 if strategy != "closed-book":
                     _check_not_empty(kb)
-                    hits = kb.search(question, k=k)
+                    hits = source.search_batch([question], k, filter=flt)[0]
                 for piece in reader.stream(question, hits, strategy=strategy):
                     typer.echo(piece, nl=False)
                     sys.stdout.flush()
@@ -108,7 +149,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
                 for rank, h in enumerate(hits, start=1):
                     typer.echo(f"  [{rank}] {h.score:.3f}  {h.metadata.get('title') or h.doc_id}  ({h.source_id})")
                 return
-            answer = ask_fn(kb, question, reader=reader, strategy=strategy, k=k)
+            answer = ask_fn(source, question, reader=reader, strategy=strategy, k=k, filter=flt)
         except RagLfmError as exc:
             _fail(exc)
         if as_json:
@@ -132,13 +173,17 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         n: Annotated[int, typer.Option(help="Built-in task: questions to sample.")] = 300,
         seed: Annotated[int, typer.Option(help="Built-in task: sample seed.")] = 0,
         split: Annotated[str, typer.Option(help="Built-in task: 'test' (held out), 'dev' (tuning) or 'train'.")] = "test",
-        strategy: Annotated[str, typer.Option("--strategy", "-s", help=STRATEGY_HELP)] = "in-context",
-        k: Annotated[int, typer.Option("--k", "-k", help="Passages to retrieve.")] = 3,
+        strategy: StrategyOpt = None,
+        k: KOpt = None,
+        method: MethodOpt = None,
+        filter: FilterOpt = None,
         reader_kind: ReaderOpt = "transformers",
         model: Annotated[Optional[str], typer.Option(help=MODEL_HELP)] = None,
-        max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 16,
-        max_passage_tokens: Annotated[int, typer.Option(help="Each passage is cut to this many tokens.")] = 64,
+        max_new_tokens: MaxNewOpt = None,
+        max_passage_tokens: PassageOpt = None,
         constrain: ConstrainOpt = None,
+        candidates: CandidatesOpt = None,
+        answer_starts: StartsOpt = None,
         device: Annotated[str, typer.Option(help="transformers: auto, cpu, cuda ...")] = "auto",
         dtype: Annotated[str, typer.Option(help="transformers: auto, float32, bfloat16, float16.")] = "auto",
         base_url: BaseUrlOpt = None,
@@ -152,6 +197,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         from rag_lfm.errors import ConfigError
         from rag_lfm.eval.qa import evaluate_qa, load_qa_jsonl, wiki_vital_task
         from rag_lfm.knowledge_base import KnowledgeBase
+        from rag_lfm.readers.base import DEFAULT_K, DEFAULT_STRATEGY
 
         try:
             if (data is None) == (builtin is None):
@@ -160,9 +206,11 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
                 raise ConfigError(f"built-in task {builtin!r} is unknown; available: wiki-vital")
             examples = load_qa_jsonl(data) if data else wiki_vital_task(n, seed=seed, split=split)
             reader = _reader(model, max_new_tokens, max_passage_tokens, device, dtype, constrain, kind=reader_kind,
-                             base_url=base_url, api_key_env=api_key_env, api=api, tokenizer=tokenizer)
-            report = evaluate_qa(KnowledgeBase.open(index), reader, examples, strategy=strategy, k=k,
-                                 progress=not as_json)
+                             base_url=base_url, api_key_env=api_key_env, api=api, tokenizer=tokenizer,
+                             candidates=candidates, answer_starts=answer_starts)
+            source = _source(KnowledgeBase.open(index), method)
+            report = evaluate_qa(source, reader, examples, strategy=strategy or DEFAULT_STRATEGY,
+                                 k=DEFAULT_K if k is None else k, filter=_filter(filter), progress=not as_json)
         except RagLfmError as exc:
             _fail(exc)
         if as_json:
@@ -177,13 +225,15 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         model: Annotated[Optional[str], typer.Option(help=MODEL_HELP)] = None,
         host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")] = "127.0.0.1",
         port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-        strategy: Annotated[str, typer.Option("--strategy", "-s", help="Default strategy of /ask. " + STRATEGY_HELP)] = "in-context",
-        k: Annotated[int, typer.Option("--k", "-k", help="Default passages per question.")] = 3,
+        strategy: StrategyOpt = None,
+        k: KOpt = None,
         max_k: Annotated[int, typer.Option(help="The largest k a request gets.")] = 50,
-        method: Annotated[str, typer.Option(help="Retrieval: dense, bm25, hybrid, hybrid-lead ... (see `rag-lfm retrieve`).")] = "dense",
-        max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 24,
-        max_passage_tokens: Annotated[int, typer.Option(help="Each passage is cut to this many tokens.")] = 160,
+        method: MethodOpt = None,
+        max_new_tokens: MaxNewOpt = None,
+        max_passage_tokens: PassageOpt = None,
         constrain: ConstrainOpt = None,
+        candidates: CandidatesOpt = None,
+        answer_starts: StartsOpt = None,
         device: Annotated[str, typer.Option(help="transformers: auto, cpu, cuda ...")] = "auto",
         dtype: Annotated[str, typer.Option(help="transformers: auto, float32, bfloat16, float16.")] = "auto",
         base_url: BaseUrlOpt = None,
@@ -199,17 +249,17 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     ) -> None:
         """Serve INDEX and a reader over HTTP: /search, /ask, OpenAI-compatible /v1/chat/completions and /v1/completions."""
         from rag_lfm.knowledge_base import KnowledgeBase
+        from rag_lfm.readers.base import DEFAULT_K, DEFAULT_STRATEGY
         from rag_lfm.serve import create_app, serve
 
         try:
             reader = _reader(model, max_new_tokens, max_passage_tokens, device, dtype, constrain, kind=reader_kind,
-                             base_url=base_url, api_key_env=reader_api_key_env, api=api, tokenizer=tokenizer)
+                             base_url=base_url, api_key_env=reader_api_key_env, api=api, tokenizer=tokenizer,
+                             candidates=candidates, answer_starts=answer_starts)
             kb = KnowledgeBase.open(index)
-            source = kb
-            if method != "dense":
-                from rag_lfm.retrieval.cli import build_retriever
-
-                source = build_retriever(kb, method)
+            source = _source(kb, method)
+            strategy = strategy or DEFAULT_STRATEGY
+            k = DEFAULT_K if k is None else k
             if hasattr(reader, "warm_up"):
                 reader.warm_up()  # load the model now, not on the first request
             app = create_app(source, reader, strategy=strategy, k=k, max_k=max_k, max_body_bytes=max_body_bytes,

@@ -42,7 +42,7 @@ from rag_lfm.errors import ConfigError, ModelNotFoundError
 from rag_lfm.readers.base import Capabilities, PromptTooLongError, check_reader, check_strategy
 from rag_lfm.readers.prompts import PromptBuilder, PromptParts, extractive_answer, make_answer, plan_prompts
 from rag_lfm.readers.streaming import TextAssembler, thread_stream
-from rag_lfm.readers.transformers_reader import _CopyConstraint, _first_line, _holds_span
+from rag_lfm.readers.transformers_reader import _CopyConstraint, _first_line, _holds_span, word_edges
 from rag_lfm.readers.types import Answer, Completion
 from rag_lfm.types import Hit
 
@@ -245,9 +245,11 @@ class LlamaCppReader:
         eog[tok.eos_token_id] = True
         self._eog = eog
         stop = eog.copy()
+        pieces = tok.batch_decode([[i] for i in range(n)])
+        self._word_edges = word_edges(pieces)  # answers copied as whole words (see _CopyConstraint)
         if self.stop_at_newline:
             # every vocabulary entry whose text holds a newline ends a one-line answer
-            stop |= np.array(["\n" in p for p in tok.batch_decode([[i] for i in range(n)])])
+            stop |= np.array(["\n" in p for p in pieces])
         self._stop = stop
         return self
 
@@ -351,7 +353,7 @@ class LlamaCppReader:
         """
         stop = self._stop if stop is None else stop
         rows = [list(p) for p in prompts]
-        copy = None if copy_from is None else [_CopyConstraint(c) for c in copy_from]
+        copy = None if copy_from is None else [_CopyConstraint(c, self._word_edges) for c in copy_from]
         out: list[int] = []
         reason = "length"
         for step in range(self.max_new_tokens if max_new_tokens is None else max_new_tokens):
@@ -366,8 +368,8 @@ class LlamaCppReader:
                     allowed = copy[r].allowed()
                     if allowed:
                         ok[allowed] = True
-                        if step > 0:
-                            ok |= stop
+                    if step > 0 and copy[r].can_end():
+                        ok |= stop
                     if not ok.any():
                         if weights is None:
                             ok = stop.copy()  # a row with no continuation left can only stop

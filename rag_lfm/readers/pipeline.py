@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rag_lfm.errors import ConfigError
-from rag_lfm.readers.base import NoPassagesError, check_reader, check_strategy
+from rag_lfm.readers.base import DEFAULT_K, DEFAULT_STRATEGY, NoPassagesError, check_reader, check_strategy
 from rag_lfm.readers.types import Answer
 
 
@@ -42,8 +42,8 @@ def ask_batch(
     questions: Sequence[str],
     *,
     reader: Any = None,
-    strategy: str = "in-context",
-    k: int = 5,
+    strategy: str = DEFAULT_STRATEGY,
+    k: int = DEFAULT_K,
     filter: dict[str, Any] | None = None,
     progress: bool = False,
 ) -> list[Answer]:
@@ -81,8 +81,8 @@ def ask(
     question: str,
     *,
     reader: Any = None,
-    strategy: str = "in-context",
-    k: int = 5,
+    strategy: str = DEFAULT_STRATEGY,
+    k: int = DEFAULT_K,
     filter: dict[str, Any] | None = None,
 ) -> Answer:
     """Answer one question from ``source`` (a KnowledgeBase or Retriever) with citations."""

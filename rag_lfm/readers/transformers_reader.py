@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from rag_lfm.errors import ConfigError, ModelNotFoundError
 from rag_lfm.readers.base import Capabilities, PromptTooLongError, check_reader, check_strategy
 from rag_lfm.readers.prompts import PromptBuilder, PromptParts, extractive_answer, make_answer, plan_prompts
@@ -79,8 +81,24 @@ def _holds_span(tokens: list[int], span: list[int]) -> bool:
     return any(tokens[i : i + n] == span for i, t in enumerate(tokens) if t == first)
 
 
+# Among alternative answers, one of more words than this is a copied sentence, not a name or phrase.
+MAX_ANSWER_WORDS = 8
+
+
+def word_edges(pieces: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per vocabulary entry: does its text start, and end, with a letter or digit?
+
+    A token that starts with one continues the word before it (SmolLM2 writes "1969" as
+    " ", "1", "9", "6", "9" and "Lennon" as " L", "ennon"), which is how the copy
+    constraint keeps answers to whole words.
+    """
+    starts = np.array([bool(p) and p[0].isalnum() for p in pieces], dtype=bool)
+    ends = np.array([bool(p) and p[-1].isalnum() for p in pieces], dtype=bool)
+    return starts, ends
+
+
 class _CopyConstraint:
-    """Keeps an answer a contiguous span of one token sequence (the passages).
+    """Keeps an answer a contiguous span of whole words of one token sequence (the passages).
 
     It tracks every position in the passages where the answer so far could end; the
     allowed next tokens are the ones that follow those positions. A 135M model
@@ -88,23 +106,37 @@ class _CopyConstraint:
     choose a name or phrase that is in the passages, which is what extractive
     factoid QA asks for. When the answer so far matches nowhere (under REPLUG
     another passage chose the token) the row stops constraining.
+
+    With the vocabulary's word edges (:func:`word_edges`) a span starts and ends on word
+    boundaries only: it never starts inside a word, and it may end only where the passage's
+    word ends (so "1" out of "1969" or "Lenn" out of "Lennon" is no answer).
     """
 
-    def __init__(self, tokens: list[int]) -> None:
+    def __init__(self, tokens: list[int], edges: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         self.tokens = tokens
         self.ends: list[int] | None = None  # None: nothing generated yet
+        n = len(tokens)
+        if edges is None:
+            self.boundary = [True] * (n + 1)  # boundary[p]: a word boundary lies just before position p
+        else:
+            starts, ends = edges
+            self.boundary = [p == 0 or p == n or not starts[tokens[p]] or not ends[tokens[p - 1]] for p in range(n + 1)]
 
     def allowed(self) -> list[int]:
         if self.ends is None:
-            return sorted(set(self.tokens))
+            return sorted({t for p, t in enumerate(self.tokens) if self.boundary[p]})
         # An empty list also when the span matches nowhere any more (REPLUG: another
         # passage chose the token): this row then adds nothing to the group's options.
         n = len(self.tokens)
         return sorted({self.tokens[p + 1] for p in self.ends if p + 1 < n})
 
+    def can_end(self) -> bool:
+        """Whether the answer so far may stop here: it ends where a word of the passage ends."""
+        return self.ends is not None and any(self.boundary[p + 1] for p in self.ends)
+
     def advance(self, token: int) -> None:
         if self.ends is None:
-            self.ends = [p for p, t in enumerate(self.tokens) if t == token]
+            self.ends = [p for p, t in enumerate(self.tokens) if t == token and self.boundary[p]]
         else:
             n = len(self.tokens)
             self.ends = [p + 1 for p in self.ends if p + 1 < n and self.tokens[p + 1] == token]
@@ -135,6 +167,11 @@ class TransformersReader:
             the passages' titles, each scored whole by the model (:meth:`_rescore`; a
             cheap pass over the candidates' tokens only); ``"none"``: the decoded answer
             as it is. Streaming always yields the decoded answer.
+        answer_starts: decode each answer from this many of its likeliest first tokens (each
+            continued greedily, in one batch) and let the answers compete as candidates: greedy
+            decoding otherwise commits to one first token.
+        drop_echoes: a candidate that only repeats words of the question ("John Lennon" to
+            "Who was John Lennon's songwriting partner?") loses to any other candidate.
     """
 
     def __init__(
@@ -154,6 +191,8 @@ class TransformersReader:
         constrain: str = "copy",
         one_shot: bool = True,
         candidates: str = "titles",
+        answer_starts: int = 4,
+        drop_echoes: bool = True,
     ) -> None:
         if dtype not in _DTYPES:
             raise ConfigError(f"dtype {dtype!r} is not supported; valid values: {', '.join(_DTYPES)}")
@@ -167,6 +206,8 @@ class TransformersReader:
             raise ConfigError(f"candidates {candidates!r} is not valid; use 'titles' (titles compete with the decoded answer) or 'none'")
         if replug_temperature <= 0:
             raise ConfigError(f"replug_temperature must be > 0, got {replug_temperature!r}")
+        if not isinstance(answer_starts, int) or not 1 <= answer_starts <= 16:
+            raise ConfigError(f"answer_starts must be an int from 1 to 16, got {answer_starts!r}")
         self.model_ref = str(model)
         self.name = Path(str(model)).name or str(model)
         self.device_arg = device
@@ -182,6 +223,8 @@ class TransformersReader:
         self.constrain = constrain
         self.one_shot = one_shot
         self.candidates = candidates
+        self.answer_starts = answer_starts
+        self.drop_echoes = bool(drop_echoes)
         self.share_prefix = True
         self._model = None
         self._tokenizer = None
@@ -283,6 +326,20 @@ class TransformersReader:
         self._eos_ids = self._make_stop_ids(False)  # raw completions end at end-of-sequence only
         return self
 
+    @property
+    def _pieces(self) -> list[str]:
+        """The text of every vocabulary entry (decoded once)."""
+        if getattr(self, "_pieces_cache", None) is None:
+            tok = self._tokenizer
+            self._pieces_cache = tok.batch_decode([[i] for i in range(len(tok))])
+        return self._pieces_cache
+
+    @property
+    def _word_edges(self) -> tuple[np.ndarray, np.ndarray]:
+        if getattr(self, "_edges_cache", None) is None:
+            self._edges_cache = word_edges(self._pieces)
+        return self._edges_cache
+
     def _make_stop_ids(self, newline: bool):
         torch = _torch()
         tok = self._tokenizer
@@ -295,8 +352,7 @@ class TransformersReader:
                 stops.update(int(s) for s in source)
         if newline:
             # Every vocabulary entry whose text holds a newline ends a one-line answer.
-            pieces = tok.batch_decode([[i] for i in range(len(tok))])
-            stops.update(i for i, p in enumerate(pieces) if "\n" in p)
+            stops.update(i for i, p in enumerate(self._pieces) if "\n" in p)
         mask = torch.zeros(max(len(tok), model.config.get_text_config().vocab_size), dtype=torch.bool)
         mask[list(stops)] = True
         return mask.to(self.device)
@@ -342,6 +398,8 @@ class TransformersReader:
         max_new_tokens: int | None = None,
         stop_mask: Any = None,
         on_logits: Callable[[Any], None] | None = None,
+        starts: int = 1,
+        echo: list[str] | None = None,
     ) -> tuple[list[list[int]], list[str]]:
         """Greedy decoding of ``prompts`` as one left-padded batch.
 
@@ -359,7 +417,10 @@ class TransformersReader:
         ``g`` there (finish reason ``"stop"``: a stop string, or a consumer that left).
         ``max_new_tokens`` and ``stop_mask`` (a boolean mask over the vocabulary)
         default to the reader's; ``on_logits`` sees each step's raw logits (rows, V).
-        Returns the generated ids and the finish reason of each group.
+        With ``starts = n > 1`` each group is decoded ``n`` times, from its ``n`` likeliest
+        first tokens (each continued greedily), and the ``n`` answers compete as candidates;
+        ``echo`` (one normalised question per group) drops candidates the question itself
+        holds (see :meth:`_choose`). Returns the generated ids and the finish reason of each group.
         """
         torch = _torch()
         with torch.inference_mode():
@@ -391,11 +452,27 @@ class TransformersReader:
             logits, cache = self._forward(ids, mask, positions, cache)
             next_pos = positions[:, -1:] + 1
             prompt_state = (logits, mask, next_pos, mask.shape[1])  # for _rescore
+            copy = None if copy_from is None else [_CopyConstraint(c, self._word_edges) for c in copy_from]
+            stop_ids = self._stop_ids if stop_mask is None else stop_mask
+            n_rows, n_first = len(prompts), n_groups
+            row_group0, w0 = group_idx, w
+            forced = None
+            if starts > 1:
+                # Alternative answer starts: every row is repeated `starts` times, copy m of group g
+                # becoming group g * starts + m, forced to the group's m-th likeliest first token.
+                first = self._first_tokens(logits, group_idx, w, copy, stop_ids, n_groups, starts)
+                rep_rows = torch.arange(n_rows * starts, device=dev) // starts
+                logits, mask, next_pos = logits[rep_rows], mask[rep_rows], next_pos[rep_rows]
+                cache.batch_repeat_interleave(starts)
+                group_idx = group_idx[rep_rows] * starts + torch.arange(starts, device=dev).repeat(n_rows)
+                w = None if w is None else w[rep_rows]
+                if copy is not None:
+                    copy = [_CopyConstraint(copy_from[r], self._word_edges) for r in rep_rows.tolist()]
+                forced = torch.tensor([f[min(m, len(f) - 1)] for f in first for m in range(starts)], dtype=torch.long, device=dev)
+                n_groups *= starts
             out: list[list[int]] = [[] for _ in range(n_groups)]
             reasons = ["length"] * n_groups
             done = torch.zeros(n_groups, dtype=torch.bool, device=dev)
-            copy = None if copy_from is None else [_CopyConstraint(c) for c in copy_from]
-            stop_ids = self._stop_ids if stop_mask is None else stop_mask
             stop_rows = stop_ids.nonzero().flatten()
             # rows_ok is filled on the CPU: index it with a CPU copy, made once (on a GPU,
             # stop_rows.cpu() inside the row loop was a device sync per row per step).
@@ -414,8 +491,8 @@ class TransformersReader:
                         ok = c.allowed()
                         if ok:
                             rows_ok[r, ok] = True
-                            if step > 0:
-                                rows_ok[r, stop_rows_cpu] = True
+                        if step > 0 and c.can_end():
+                            rows_ok[r, stop_rows_cpu] = True
                     rows_ok = rows_ok.to(dev)
                 if w is None:
                     if rows_ok is not None:
@@ -441,6 +518,8 @@ class TransformersReader:
                     # a group none of whose rows can continue stops
                     alive = torch.zeros(n_groups, dtype=row_w.dtype, device=dev).index_add_(0, group_idx, row_w) > 0
                     tok_g = torch.where(alive, tok_g, torch.full_like(tok_g, int(stop_rows[0])))
+                if step == 0 and forced is not None:
+                    tok_g = forced
                 is_stop = stop_ids[tok_g] & ~done
                 new = (~done & ~is_stop).nonzero().flatten().tolist()
                 toks = tok_g.tolist()
@@ -460,52 +539,117 @@ class TransformersReader:
                 mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=dev)], dim=1)
                 logits, cache = self._forward(tok_r[:, None], mask, next_pos, cache)
                 next_pos = next_pos + 1
-            if candidates is not None:
-                found = self._rescore(cache, prompt_state, group_idx, w, out, reasons, candidates, copy_from)
-                if scored is not None:
-                    scored.extend(found)
-            return out, reasons
+            if candidates is None and starts == 1 and echo is None:
+                return out, reasons
+            # Collapse the alternative starts: each question's answers (and titles) compete.
+            options: list[list[tuple[list[int], str]]] = []
+            unfinished: list[set[int]] = []
+            for g in range(n_first):
+                opts = [(out[g * starts + m], "decoded" if m == 0 else "start") for m in range(starts)]
+                unfinished.append({m for m in range(starts) if reasons[g * starts + m] == "length"})
+                opts += [(t, "title") for t in (candidates[g] if candidates is not None else [])]
+                options.append(opts)
+            best, found = self._choose(cache, prompt_state, row_group0, w0, options, copy_from, echo, stride=starts,
+                                       unfinished=unfinished if starts > 1 else None)
+            final_out, final_reasons = [], []
+            for g in range(n_first):
+                b = best[g]
+                final_out.append(options[g][b][0])
+                final_reasons.append(reasons[g * starts + b] if b < starts else "stop")
+            if scored is not None:
+                scored.extend(found)
+            return final_out, final_reasons
 
-    def _rescore(
-        self, cache, prompt_state, group_idx, w, out, reasons, candidates, contexts=None
-    ) -> list[list[dict[str, Any]]]:
-        """Replace each group's decoded answer, in place, by its best-scored candidate.
+    def _first_tokens(self, logits, group_idx, w, copy, stop_ids, n_groups: int, n: int) -> list[list[int]]:
+        """Each group's ``n`` likeliest first answer tokens (copy-constrained; REPLUG-mixed), best first."""
+        torch = _torch()
+        lg = logits.float()
+        if copy is not None:
+            ok = torch.zeros(lg.shape, dtype=torch.bool)
+            for r, c in enumerate(copy):
+                allowed = c.allowed()
+                if allowed:
+                    ok[r, allowed] = True
+            lg = lg.masked_fill(~ok.to(lg.device), float("-inf"))
+        lg = lg.masked_fill(stop_ids[: lg.shape[-1]][None], float("-inf"))  # an answer starts with a token
+        probs = torch.softmax(lg, -1).nan_to_num(0.0)
+        if w is not None:
+            probs = probs * w[:, None]
+        mixed = torch.zeros((n_groups, probs.shape[-1]), dtype=probs.dtype, device=probs.device)
+        mixed.index_add_(0, group_idx, probs)
+        top = mixed.topk(n, dim=-1)
+        out = []
+        for g in range(n_groups):
+            toks = [t for t, v in zip(top.indices[g].tolist(), top.values[g].tolist()) if v > 0]
+            out.append(toks or top.indices[g].tolist()[:1])
+        return out
 
-        Returns, per group, the candidates with their scores (``Answer.candidates``).
+    def _choose(
+        self, cache, prompt_state, row_group, w, options, contexts, echo, *, stride: int = 1,
+        unfinished: list[set[int]] | None = None,
+    ) -> tuple[list[int], list[list[dict[str, Any]]]]:
+        """Pick each group's answer among its options (decoded answers, alternative starts, titles).
 
-        The candidates of a group are its decoded answer and ``candidates[g]``; each is
-        scored by the frozen model as an answer to the same prompt: the mean log-probability
-        of its tokens and of ending there (the probability mass of every stop token), so a
-        long name is not penalised for its length. Under REPLUG a candidate's probability
-        is the weighted mixture over the group's rows, as for decoding; with the copy
-        constraint (``contexts``) a row can only answer with a span of its own passage, so
-        a candidate is scored on the rows whose passage holds it (on all rows when none
-        does), which also keeps the cost near in-context's (k rows x k titles otherwise).
-        Greedy decoding commits to its first token; scoring whole answers lets a name whose
-        first token was less likely than a description's ("Museo del Prado" against
-        "Spanish national art museum") win when the model finds it the better answer as a whole.
+        Options that are empty or repeat another are dropped. Options that (with ``echo``) only
+        repeat words of the question -- "John Lennon" to "Who was John Lennon's songwriting
+        partner?" -- or, among alternative starts (``unfinished`` given), ran to ``max_new_tokens``
+        without ending or hold more than ``MAX_ANSWER_WORDS`` words -- a copied sentence rather
+        than an answer -- are kept only when nothing else is left. The rest are
+        scored whole by :meth:`_rescore`. Returns the index of the chosen option per group and
+        the scored candidates (``Answer.candidates``).
+        """
+        from rag_lfm.eval.qa import normalize_answer
+
+        kept: list[list[int]] = []
+        for g, opts in enumerate(options):
+            seen: set[str] = set()
+            idx, echoes = [], []
+            for i, (ids, _kind) in enumerate(opts):
+                key = normalize_answer(self._text(ids)) if ids else ""
+                if not key or key in seen:
+                    continue
+                seen.add(key)
+                is_echo = echo is not None and f" {key} " in f" {echo[g]} "
+                cut = unfinished is not None and (i in unfinished[g] or len(key.split()) > MAX_ANSWER_WORDS)
+                (echoes if is_echo or cut else idx).append(i)
+            kept.append(idx or echoes)
+        scores = self._rescore(cache, prompt_state, row_group, w, [[options[g][i][0] for i in kept[g]] for g in range(len(options))],
+                               contexts, stride=stride)
+        best, found = [], []
+        for g, idx in enumerate(kept):
+            if not idx:
+                best.append(0)
+                found.append([])
+                continue
+            sc = scores[g]
+            j = max(range(len(idx)), key=lambda j: sc[j]) if sc else 0
+            best.append(idx[j])
+            found.append([{"text": self._text(options[g][i][0]), "source": options[g][i][1], "score": sc[n] if sc else None}
+                          for n, i in enumerate(idx)] if sc else [])
+        return best, found
+
+    def _rescore(self, cache, prompt_state, row_group, w, options, contexts=None, *, stride: int = 1) -> list[list[float]]:
+        """Score each group's candidate answers whole, as answers to the same prompt; returns the scores
+        (an empty list for a group with fewer than two candidates: nothing to choose between).
+
+        A candidate's score is the mean log-probability of its tokens and of ending there (the
+        probability mass of every stop token), so a long name is not penalised for its length.
+        Under REPLUG a candidate's probability is the weighted mixture over the group's rows, as
+        for decoding; with the copy constraint (``contexts``) a row can only answer with a span of
+        its own passage, so a candidate is scored on the rows whose passage holds it (on all rows
+        when none does), which also keeps the cost near in-context's (k rows x k titles otherwise).
+        Greedy decoding commits to its first token; scoring whole answers lets a name whose first
+        token was less likely than a description's ("Museo del Prado" against "Spanish national art
+        museum") win when the model finds it the better answer as a whole.
 
         The prompt's key/value cache is reused (cropped back to the prompt), so only the
-        candidates' tokens are computed.
+        candidates' tokens are computed. Row ``r`` of the prompt is cache row ``r * stride``
+        (the cache holds ``stride`` copies of each row after alternative starts).
         """
         torch = _torch()
         first_logits, prompt_mask, next_pos, prompt_len = prompt_state
         dev = first_logits.device
-        options: list[list[list[int]]] = []
-        kinds: list[list[str]] = []
-        for g, extra in enumerate(candidates):
-            seen: set[str] = set()
-            opts: list[list[int]] = []
-            kind: list[str] = []
-            for j, ids in enumerate([out[g], *extra]):
-                key = self._text(ids).lower()
-                if ids and key and key not in seen:
-                    seen.add(key)
-                    opts.append(list(ids))
-                    kind.append("decoded" if j == 0 else "title")
-            options.append(opts)
-            kinds.append(kind)
-        groups = group_idx.tolist()
+        groups = row_group.tolist()
         rows_of: dict[int, list[int]] = {}
         for r, g in enumerate(groups):
             rows_of.setdefault(g, []).append(r)
@@ -518,12 +662,12 @@ class TransformersReader:
                 if w is not None and contexts is not None:
                     rows_gc = [r for r in rows_gc if _holds_span(contexts[r], t)] or rows_gc
                 pairs.extend((r, c) for r in rows_gc)
-        found: list[list[dict[str, Any]]] = [[] for _ in options]
-        if all(len(o) < 2 for o in options) or not pairs:
-            return found
+        result: list[list[float]] = [[] for _ in options]
+        if not pairs:
+            return result
         _crop(cache, prompt_len)
         rows = torch.tensor([r for r, _ in pairs], dtype=torch.long, device=dev)
-        cache.batch_select_indices(rows)
+        cache.batch_select_indices(rows * stride)
         seqs = [options[groups[r]][c] for r, c in pairs]
         width = max(len(t) for t in seqs)
         pad = int(self._tokenizer.pad_token_id)
@@ -550,22 +694,16 @@ class TransformersReader:
         where: dict[tuple[int, int], list[int]] = {}
         for i, (r, c) in enumerate(pairs):
             where.setdefault((groups[r], c), []).append(i)
-        for g in range(len(options)):
-            if len(options[g]) < 2:
+        for g, opts in enumerate(options):
+            if len(opts) < 2:
                 continue
-            best, best_score = 0, float("-inf")
-            for c, t in enumerate(options[g]):
+            for c, t in enumerate(opts):
                 idx = where[(g, c)]
                 row_scores = totals[idx]
                 if w is not None:  # REPLUG: log sum_r w_r p_r(candidate)
                     row_scores = row_scores + torch.log(w[rows[idx]].clamp(min=1e-30))
-                score = float(torch.logsumexp(row_scores, 0)) / (len(t) + 1)
-                found[g].append({"text": self._text(t), "source": kinds[g][c], "score": score})
-                if score > best_score:
-                    best, best_score = c, score
-            if best:
-                out[g], reasons[g] = options[g][best], "stop"
-        return found
+                result[g].append(float(torch.logsumexp(row_scores, 0)) / (len(t) + 1))
+        return result
 
     def _decode_seq2seq(self, prompts: list[list[int]]) -> tuple[list[list[int]], list[str]]:
         """Seq2seq models go through ``model.generate`` (greedy); REPLUG is not offered for them."""
@@ -640,7 +778,7 @@ class TransformersReader:
             bar = tqdm(total=len(plans), desc=f"answering ({strategy})", unit="q")
         for batch in batches:
             start = time.perf_counter()
-            gen, reasons, scored = self._decode_plans([plans[i] for i in batch], strategy)
+            gen, reasons, scored = self._decode_plans([plans[i] for i in batch], strategy, [questions[i] for i in batch])
             elapsed = (time.perf_counter() - start) / len(batch)
             for g, i in enumerate(batch):
                 answers[i] = self._answer(questions[i], strategy, plans[i][0], passages[i], gen[g], reasons[g], elapsed)
@@ -824,7 +962,7 @@ class TransformersReader:
 
     # -- helpers ------------------------------------------------------------------------------
     def _decode_plans(
-        self, plans: list[tuple[list[PromptParts], Any]], strategy: str
+        self, plans: list[tuple[list[PromptParts], Any]], strategy: str, questions: Sequence[str] | None = None
     ) -> tuple[list[list[int]], list[str], list[list[dict[str, Any]]]]:
         """Decode the prompts of ``plans`` (one group per question) as one batch."""
         prompts, groups, weights, contexts = [], [], [], []
@@ -840,10 +978,16 @@ class TransformersReader:
         candidates = None
         if self.candidates == "titles" and strategy != "closed-book":
             candidates = [self._title_ids(parts) for parts, _ in plans]
+        echo = None
+        if self.drop_echoes and questions is not None and strategy != "closed-book":
+            from rag_lfm.eval.qa import normalize_answer
+
+            echo = [normalize_answer(q) for q in questions]
         gen, reasons = self._decode(
             prompts, groups, weights if strategy == "replug" else None, len(plans),
             copy_from=self._copy_from(strategy, contexts), prefix_len=plans[0][0][0].prefix_len,
-            candidates=candidates, scored=scored,
+            candidates=candidates, scored=scored, starts=self.answer_starts if strategy != "closed-book" else 1,
+            echo=echo,
         )
         return gen, reasons, scored or [[] for _ in plans]
 

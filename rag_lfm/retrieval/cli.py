@@ -123,17 +123,32 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         index: Path = typer.Argument(..., help="index directory"),
         query: str = typer.Argument(..., help="the query"),
         k: int = typer.Option(5, "-k", "--k", help="results"),
-        method: str = typer.Option("dense", help="dense, bm25, hybrid, hybrid-weighted, mmr, metric:<name>, learned"),
+        method: str = typer.Option("default", help="default (the index's own retriever), dense, bm25, hybrid, "
+                                   "hybrid-weighted, hybrid-lead, mmr, metric:<name>, learned"),
         learned: Path = typer.Option(None, help="learned metric folder (method 'learned')"),
+        filter: str = typer.Option(None, help='metadata filter as JSON, e.g. \'{"topic": "History"}\''),
+        group_by_doc: bool = typer.Option(False, "--group-by-doc", help="one hit per document"),
         as_json: bool = typer.Option(False, "--json", help="print JSON"),
     ) -> None:
         """Search an index with a retrieval method (hybrid, a custom metric, MMR...)."""
         from rag_lfm.knowledge_base import KnowledgeBase
+        from rag_lfm.retrieval.retriever import Retriever
 
         try:
+            flt = None
+            if filter:
+                try:
+                    flt = json.loads(filter)
+                except json.JSONDecodeError as exc:
+                    raise ConfigError(f"--filter {filter!r} is not valid JSON ({exc.msg}); e.g. --filter '{{\"topic\": \"History\"}}'") from None
             kb = KnowledgeBase.open(index)
             try:
-                hits = build_retriever(kb, method, learned=str(learned) if learned else None).search(query, k=k)
+                if method == "default":
+                    r = Retriever.from_config(kb, kb.manifest.get("retriever"), group_by="doc" if group_by_doc else None)
+                else:
+                    r = build_retriever(kb, method, learned=str(learned) if learned else None)
+                    r.group_by = "doc" if group_by_doc else None
+                hits = r.search(query, k=k, filter=flt)
             finally:
                 kb.close()
         except RagLfmError as exc:
