@@ -10,8 +10,9 @@ both split by document with :func:`rag_lfm.eval.splits.document_split`:
 
 Candidates (all fused by `rag_lfm.retrieval.fuse` from the same lists the Retriever builds):
 ``dense``, ``bm25``, ``rrf`` (dense + BM25, reciprocal rank fusion: the plain baseline),
-``z[1,b]`` (dense + BM25, per-query z-score weighted fusion) and ``z[1,b,f]`` (dense + BM25 on
-the text + BM25 on each document's first sentence). The default is the candidate with the best
+``z[1,b]`` (dense + BM25, per-query z-score weighted fusion), ``z[1,b,f]`` (dense + BM25 on
+the text + BM25 on each document's first sentence) and ``z[1,b,f,tw]`` (the same + BM25 on the
+documents' titles alone). The default is the candidate with the best
 mean nDCG@10 over the two dev sets; the table then shows every candidate on test, and the
 latency of one query per call (encode + search + fusion + fetch) of the chosen one against dense.
 
@@ -69,10 +70,12 @@ def main() -> None:
 
     bm25 = BM25Index.for_kb(kb)
     lead = BM25Index.for_kb(kb, opening_sentences=1)
+    title = BM25Index.for_kb(kb, fields=["title"], text=False)
     lists = {}
     for name, (_ids, queries, _qrels) in sets.items():
         qv = kb.embedder.encode(queries, kind="query")
-        lists[name] = {"dense": kb.search_vectors(qv, 100), "bm25": bm25.search(queries, 100), "lead": lead.search(queries, 100)}
+        lists[name] = {"dense": kb.search_vectors(qv, 100), "bm25": bm25.search(queries, 100),
+                       "lead": lead.search(queries, 100), "title": title.search(queries, 100)}
 
     candidates: dict[str, dict] = {"dense": {"lists": ["dense"]}, "bm25": {"lists": ["bm25"]},
                                    "rrf": {"lists": ["dense", "bm25"], "method": "rrf"}}
@@ -80,6 +83,9 @@ def main() -> None:
         candidates[f"z[1,{wb}]"] = {"lists": ["dense", "bm25"], "method": "weighted", "weights": [1.0, wb]}
         for wf in (0.25, 0.5, 0.75):
             candidates[f"z[1,{wb},{wf}]"] = {"lists": ["dense", "bm25", "lead"], "method": "weighted", "weights": [1.0, wb, wf]}
+            for wt in (0.25, 0.5):
+                candidates[f"z[1,{wb},{wf},t{wt}]"] = {"lists": ["dense", "bm25", "lead", "title"], "method": "weighted",
+                                                       "weights": [1.0, wb, wf, wt]}
 
     def ranked(cand: dict, set_name: str):
         ls = [lists[set_name][x] for x in cand["lists"]]
@@ -100,7 +106,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
     cand = candidates[chosen]
-    bm25s_used = [{"dense": None, "bm25": bm25, "lead": lead}[x] for x in cand["lists"] if x != "dense"]
+    bm25s_used = [{"dense": None, "bm25": bm25, "lead": lead, "title": title}[x] for x in cand["lists"] if x != "dense"]
     if cand["lists"] == ["dense"]:
         chosen_r = Retriever(kb)
     elif "dense" not in cand["lists"]:

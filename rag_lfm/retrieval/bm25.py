@@ -82,7 +82,7 @@ class BM25Index:
     @staticmethod
     def default_settings(**overrides: Any) -> dict[str, Any]:
         s = {"stemmer": "english", "stopwords": "en", "k1": 1.5, "b": 0.75, "method": "lucene", "fields": [],
-             "opening_sentences": 0}
+             "opening_sentences": 0, "text": True}
         unknown = set(overrides) - set(s)
         if unknown:
             raise ConfigError(f"unknown BM25 setting(s) {sorted(unknown)}; valid: {sorted(s)}")
@@ -90,6 +90,8 @@ class BM25Index:
         s["fields"] = list(s["fields"])
         if not isinstance(s["opening_sentences"], int) or s["opening_sentences"] < 0:
             raise ConfigError(f"BM25 opening_sentences={s['opening_sentences']!r} must be an int >= 0 (0 = whole text)")
+        if not s["text"] and not s["fields"]:
+            raise ConfigError("BM25 text=False indexes the metadata fields alone: name them, e.g. fields=['title']")
         return s
 
     def _tokenize(self, texts: Sequence[str]) -> list[list[str]]:
@@ -200,14 +202,19 @@ class BM25Index:
         return cls(model, ids, meta["settings"])
 
     @staticmethod
-    def chunk_text(hit: Any, fields: Sequence[str], opening_sentences: int = 0) -> str | None:
+    def chunk_text(hit: Any, fields: Sequence[str], opening_sentences: int = 0, include_text: bool = True) -> str | None:
         """The text indexed for a chunk: the chosen metadata fields (e.g. a title), then its text.
 
         With ``opening_sentences = n > 0`` only a document's opening is indexed (the first ``n``
         sentences of its first chunk; later chunks return None and are left out): a second,
         "lead" field, since encyclopedic and news text states what a document is about in its
-        first sentence.
+        first sentence. With ``include_text=False`` (setting ``text``) only the fields are indexed.
         """
+        if not include_text:
+            # The fields alone (e.g. a title field), once per document: on its first chunk.
+            if hit.start != 0:
+                return None
+            return "\n".join(str(hit.metadata.get(f, "")) for f in fields if hit.metadata.get(f)) or None
         text = hit.text
         if opening_sentences:
             if hit.start != 0:
@@ -258,7 +265,7 @@ class BM25Index:
             chunks = tqdm(chunks, desc="BM25: reading chunks", unit="batch", leave=False)
         for batch in chunks:
             for hit in batch:
-                text = cls.chunk_text(hit, wanted["fields"], wanted["opening_sentences"])
+                text = cls.chunk_text(hit, wanted["fields"], wanted["opening_sentences"], wanted["text"])
                 if text is not None:
                     texts.append(text)
                     ids.append(int(hit.chunk_id))
