@@ -561,7 +561,7 @@ class BinaryBackend(_CodesBackend):
             index = faiss.index_binary_factory(dim, base)
         except RuntimeError as exc:
             raise ConfigError(f"FAISS cannot build binary index {base!r}: {str(exc).splitlines()[-1]}; use BFlat, BIVF<nlist> or BHNSW<M>") from exc
-        self.index = index if isinstance(index, faiss.IndexBinaryIDMap) else faiss.IndexBinaryIDMap(index)
+        self.index = _binary_with_ids(index)
         self.thresholds: np.ndarray | None = None
         self._setup(rescore, params, False)
 
@@ -599,9 +599,18 @@ class BinaryBackend(_CodesBackend):
         self = cls.__new__(cls)
         index = _read(path, mmap, binary=True)
         self.dim, self.metric, self.factory = index.d, metric, factory
-        self.index = index if isinstance(index, faiss.IndexBinaryIDMap) else faiss.IndexBinaryIDMap(index)
+        self.index = _binary_with_ids(index)
         thr = np.load(path.with_name(path.name + ".thresholds.npy"), allow_pickle=False)
         self.thresholds = thr if len(thr) else None
         self._setup(split_rescore(factory)[1], params, False, read_only=mmap)
         self._load_common(path)
         return self
+
+
+def _binary_with_ids(index: Any) -> Any:
+    """Wrap a binary index that cannot store ids (BFlat, BHNSW) in IndexBinaryIDMap; BIVF keeps its own."""
+    faiss = _faiss()
+    # Keep the original proxy (it owns the C++ object; a downcast one does not).
+    if isinstance(faiss.downcast_IndexBinary(index), (faiss.IndexBinaryIDMap, faiss.IndexBinaryIVF)):
+        return index
+    return faiss.IndexBinaryIDMap(index)

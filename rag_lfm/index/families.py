@@ -204,3 +204,59 @@ def _torch_dtype(factory: str) -> str | None:
     m = TORCH_RE.match(factory)
     code = m.group("dtype") if m else None
     return {"fp16": "float16", "fp32": "float32", "int8": "int8", None: None}[code]
+
+
+def estimate_bytes(factory: str, dim: int, n: int) -> int:
+    """Resident bytes a ``factory`` index of ``n`` vectors will take, from its code size and structure (no training).
+
+    Used to skip candidates far over a memory budget before building them; the tuner then
+    measures the real size of those it builds.
+    """
+    import faiss
+
+    from rag_lfm.index.faiss_backend import IDMAP2_REV_BYTES, split_rescore
+
+    base, _ = split_rescore(factory)
+    kind = backend_kind(base)
+    if kind == "torch":
+        dtype = _torch_dtype(base) or "float32"
+        return int(n * (dim * {"float32": 4, "float16": 2, "int8": 1}[dtype] + 8 + (4 if dtype == "int8" else 0)))
+    if kind == "binary":
+        code, m = dim // 8, re.match(r"^B(Flat|IVF(\d+)|HNSW(\d+))", base)
+        if m and m.group(2):
+            return int(n * (code + 8) + int(m.group(2)) * code)
+        links = 4 * (2 * int(m.group(3)) + 2) if m and m.group(3) else 0
+        return int(n * (code + 8 + links))
+    index = faiss.index_factory(dim, base)
+    fixed, per = 0, 8 if "IDMap" not in base and faiss.try_extract_index_ivf(index) is None else 0
+    part: Any = index
+    while part is not None:
+        part = faiss.downcast_index(part)
+        pq = getattr(part, "pq", None)
+        if pq is not None:
+            fixed += pq.M * pq.ksub * pq.dsub * 4  # codebooks
+        if isinstance(part, faiss.IndexIDMap2):
+            per += 8 + IDMAP2_REV_BYTES
+            part = part.index
+        elif isinstance(part, faiss.IndexIDMap):
+            per += 8
+            part = part.index
+        elif isinstance(part, faiss.IndexPreTransform):
+            fixed += sum(faiss.downcast_VectorTransform(part.chain.at(i)).d_in * dim * 4 for i in range(part.chain.size()))
+            part = part.index
+        elif isinstance(part, faiss.IndexIVF):
+            per += part.code_size + 8
+            fixed += part.nlist * (dim * 4 + 48)  # coarse centroids + per-list vectors
+            part = None
+        elif isinstance(part, faiss.IndexHNSW):
+            m = part.hnsw.nb_neighbors(1)
+            # level 0 holds 2M links, upper levels M each for 1/M of the points; + levels/offsets
+            per += faiss.downcast_index(part.storage).code_size + 4 * (2 * m + m / max(m - 1, 1)) + 12
+            part = None
+        elif hasattr(part, "code_size"):
+            per += part.code_size
+            part = None
+        else:
+            per += dim * 4
+            part = None
+    return int(fixed + per * n)

@@ -67,7 +67,7 @@ class RescoreStore:
         buffer_rows: pending rows kept in RAM before they spill to a scratch segment on disk.
     """
 
-    def __init__(self, dim: int, dtype: str = "float32", *, buffer_rows: int = 1 << 16) -> None:
+    def __init__(self, dim: int, dtype: str = "float32", *, buffer_rows: int = 1 << 14) -> None:
         if dtype not in DTYPES:
             raise ConfigError(f"rescore store dtype {dtype!r} must be one of {DTYPES}")
         self.dim, self.dtype, self.buffer_rows = dim, np.dtype(dtype), buffer_rows
@@ -102,6 +102,11 @@ class RescoreStore:
         self._pending_ids.append(np.asarray(ids, dtype=np.int64).copy())
         self._pending_vecs.append(np.asarray(vectors, dtype=self.dtype).copy())
         if sum(len(i) for i in self._pending_ids) >= self.buffer_rows:
+            self._spill()
+
+    def flush(self) -> None:
+        """Move pending rows to a scratch segment on disk (what ``save`` leaves is then what a loaded index has)."""
+        if self._pending_ids:
             self._spill()
 
     def _pending(self) -> tuple[np.ndarray, np.ndarray]:
