@@ -491,6 +491,13 @@ class FaissBackend(_CodesBackend):
                 # Polysemous training (annealing of code ids for Hamming pre-filtering) takes 10x the
                 # k-means time and we never search polysemously.
                 part.do_polysemous_training = False
+            if isinstance(part, faiss.IndexPreTransform):
+                for i in range(part.chain.size()):
+                    vt = faiss.downcast_VectorTransform(part.chain.at(i))
+                    if isinstance(vt, faiss.OPQMatrix):
+                        # 25 iterations instead of 50: the same recall@10 (0.6165 vs 0.616, OPQ48 on 30k
+                        # synthetic 384-d vectors) in 58% of the training time.
+                        vt.niter = 25
         self.index = _with_ids(index, base)
         self._setup(rescore, {**({"nprobe": nprobe} if nprobe else {}), **(params or {})}, use_gpu)
 
