@@ -420,7 +420,8 @@ class _CodesBackend:
         write_with(path, lambda tmp: (faiss.write_index_binary if self._binary else faiss.write_index)(self.index, str(tmp)))
 
     def save(self, path: Path) -> list[Path]:
-        """Write ``path`` (streamed to disk, atomically) + ``.masked.npy`` when ids are masked + rescoring vectors."""
+        """Write ``path`` (streamed to disk, atomically) + ``.masked-pos.npy`` when ids are masked + rescoring vectors."""
+        path = Path(path)
         files = [path]
         self._write_index(path)
         if len(self.masked):
@@ -519,6 +520,7 @@ class FaissBackend(_CodesBackend):
     @classmethod
     def load(cls, path: Path, *, factory: str, metric: str, mmap: bool = False, nprobe: int | None = None,
              params: dict[str, Any] | None = None, use_gpu: bool | str = "auto") -> FaissBackend:
+        path = Path(path)
         self = cls.__new__(cls)
         index = _read(path, mmap, binary=False)
         self.dim, self.metric, self.factory = index.d, metric, factory
@@ -603,6 +605,7 @@ class BinaryBackend(_CodesBackend):
     @classmethod
     def load(cls, path: Path, *, factory: str, metric: str, mmap: bool = False, params: dict[str, Any] | None = None, **_: Any) -> BinaryBackend:
         faiss = _faiss()
+        path = Path(path)
         self = cls.__new__(cls)
         index = _read(path, mmap, binary=True)
         self.dim, self.metric, self.factory = index.d, metric, factory

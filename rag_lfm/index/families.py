@@ -184,9 +184,10 @@ def make_backend(dim: int, factory: str, *, metric: str = "ip", params: dict[str
     return FaissBackend(dim, factory, metric=metric, params=params, use_gpu=use_gpu)
 
 
-def load_backend(path: Path, factory: str, *, metric: str = "ip", params: dict[str, Any] | None = None, mmap: bool = False,
+def load_backend(path: str | Path, factory: str, *, metric: str = "ip", params: dict[str, Any] | None = None, mmap: bool = False,
                  device: str = "auto") -> Any:
     """Load what :func:`make_backend` built and ``save(path)`` wrote."""
+    path = Path(path)
     from rag_lfm.index.faiss_backend import BinaryBackend, FaissBackend
     from rag_lfm.index.torch_backend import TorchExactBackend
 
