@@ -172,6 +172,10 @@ def info(index: Annotated[str, typer.Argument(help="Index directory.")], as_json
     for sid, s in data["sources"].items():
         when = dt.datetime.fromtimestamp(s["last_sync"], dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if s["last_sync"] else "never"
         lines.append(f"  {sid}: {s['documents']} documents, last sync {when}")
+    mib = lambda b: "n/a" if b is None else f"{b / 2**20:.2f} MiB"  # noqa: E731
+    lines.append("memory:     resident / memory-mapped / on disk")
+    for comp, m in data.get("memory", {}).items():
+        lines.append(f"  {comp:<15}{mib(m['resident']):>12} {mib(m['mapped']):>12} {mib(m['disk']):>12}")
     lines.append("files:")
     lines += [f"  {name}  {size / 2**20:.2f} MiB" for name, size in data["files"].items()]
     typer.echo("\n".join(lines))

@@ -75,7 +75,8 @@ class SyntheticClustered:
     perfect or hopeless. Here: ``clusters`` centres with popularity ~ 1/sqrt(rank); in a
     random rotation, dimension i has standard deviation (i+1)^-``decay``/2 for the centres and
     ``spread`` times that inside a cluster; each vector is normalised. Batch ``b`` is drawn from
-    its own seeded generator, so any batch can be regenerated alone.
+    its own seeded generator (blocks of 16,384 rows), so any part can be regenerated alone and
+    every batch size reads the same collection.
 
     Args:
         n: vectors; dim: dimension; clusters: mixture components; spread: within-cluster
@@ -102,11 +103,19 @@ class SyntheticClustered:
         x = self.centers[c] + noise
         return x / np.linalg.norm(x, axis=1, keepdims=True)
 
+    BLOCK = 16_384  # rows per seeded block: the collection is the same whatever batch size reads it
+
+    def _block(self, b: int) -> np.ndarray:
+        m = min(self.BLOCK, self.n - b * self.BLOCK)
+        return self._draw(np.random.default_rng([self.seed, 2, b]), m).astype(np.float32)
+
     def iter_batches(self, batch_size: int = BATCH) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for b, a in enumerate(range(0, self.n, batch_size)):
-            m = min(batch_size, self.n - a)
-            rng = np.random.default_rng([self.seed, 2, batch_size, b])
-            yield np.arange(a, a + m, dtype=np.int64), self._draw(rng, m).astype(np.float32)
+        for a in range(0, self.n, batch_size):
+            z = min(self.n, a + batch_size)
+            blocks = range(a // self.BLOCK, (z - 1) // self.BLOCK + 1)
+            x = np.concatenate([self._block(b) for b in blocks])
+            off = blocks[0] * self.BLOCK
+            yield np.arange(a, z, dtype=np.int64), x[a - off : z - off]
 
     def queries(self, m: int, seed: int = 1) -> np.ndarray:
         """``m`` query vectors from the same mixture, none of them in the collection."""

@@ -123,10 +123,12 @@ class TuneResult:
                 msg += f"; the index was rebuilt with it (generation {self.generation})"
             return msg
         if self.closest is None:
-            return f"nothing was measured (budget {budget}): " + "; ".join(self.notes or ["no family fits"])
+            return f"nothing was measured (budget {budget}): " + "; ".join(self.notes or ["every family failed; see the table"])
         c = self.closest
+        measured = (f"recall@{self.k} {c.recall:.3f}, p50 {c.p50_ms:.2f} ms" if c.status == "ok"
+                    else "not built: estimated size only")
         return (f"nothing meets the budget ({budget}); the closest is {c.label()} = {c.factory!r}: "
-                f"{c.resident_bytes / 1e6:.1f} MB, recall@{self.k} {c.recall:.3f}, p50 {c.p50_ms:.2f} ms. "
+                f"{c.resident_bytes / 1e6:.3f} MB, {measured}. "
                 "Raise the memory budget, lower min_recall or drop max_p50_ms; the index is unchanged")
 
     def table(self) -> str:
@@ -218,8 +220,11 @@ def choose(trials: list[Trial], max_memory: int, min_recall: float, max_p50_ms: 
             "recall": lambda t: (-t.recall, t.p50_ms)}
     if feasible:
         return min(feasible, key=keys[objective]), None
-    closest = min(ok, key=lambda t: (_shortfall(t, max_memory, min_recall, max_p50_ms), t.p50_ms)) if ok else None
-    return None, closest
+    if ok:
+        return None, min(ok, key=lambda t: (_shortfall(t, max_memory, min_recall, max_p50_ms), t.p50_ms))
+    # nothing was built (every estimate over the budget): the smallest estimate is the closest
+    skipped = [t for t in trials if t.status.startswith("skipped") and t.resident_bytes > 0]
+    return None, (min(skipped, key=lambda t: t.resident_bytes) if skipped else None)
 
 
 def tune(
