@@ -88,10 +88,13 @@ def add_stream(backend: Any, batches: Iterable[tuple[np.ndarray, np.ndarray]], *
 
 
 def build_backend(factory: str, dim: int, batches: Batches, *, n: int | None = None, metric: str = "ip", params: dict[str, Any] | None = None,
-                  exclude: np.ndarray | None = None, seed: int = 0, device: str = "auto", use_gpu: bool | str = "auto") -> Any:
+                  exclude: np.ndarray | None = None, seed: int = 0, device: str = "auto", use_gpu: bool | str = "auto",
+                  coarse_cache: dict[tuple[int, str], np.ndarray] | None = None) -> Any:
     """A trained, filled backend for ``factory`` from a re-iterable stream (``batches()`` is called once per pass).
 
-    Two passes when the index needs training (sample, then add), one otherwise.
+    Two passes when the index needs training (sample, then add), one otherwise. ``coarse_cache``
+    (the tuner's): IVF centroids by (nlist, metric), reused by the next float IVF index of the
+    same size: the same sample and seed would train the same k-means, so this only saves time.
     """
     backend = make_backend(dim, factory, metric=metric, params=params, device=device, use_gpu=use_gpu)
     if not getattr(backend, "is_trained", True):
@@ -100,10 +103,28 @@ def build_backend(factory: str, dim: int, batches: Batches, *, n: int | None = N
         if len(sample) == 0:
             # nothing to train on: an empty collection keeps an untrained index until its first add
             return backend
+        key = _coarse_key(backend, metric, size, seed) if coarse_cache is not None else None
+        if key is not None and key in coarse_cache:
+            backend.ivf.quantizer.add(coarse_cache[key])  # IndexIVF.train skips a quantizer holding nlist centroids
         backend.train(sample)
+        if key is not None and key not in coarse_cache:
+            coarse_cache[key] = backend.ivf.quantizer.reconstruct_n(0, backend.ivf.nlist)
         del sample
     add_stream(backend, batches(), exclude=exclude)
     return backend
+
+
+def _coarse_key(backend: Any, metric: str, size: int, seed: int) -> tuple[Any, ...] | None:
+    """A cache key for a float IVF index's coarse quantizer (None: not cacheable: binary, or after a transform like OPQ)."""
+    import faiss
+
+    from rag_lfm.index.faiss_backend import _walk
+
+    if getattr(backend, "_binary", False) or backend.ivf is None:
+        return None
+    if any(isinstance(p, faiss.IndexPreTransform) for p in _walk(backend.index)):
+        return None
+    return (int(backend.ivf.nlist), metric, size, seed)
 
 
 def chain_batches(*streams: Iterable[tuple[np.ndarray, np.ndarray]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -61,6 +61,7 @@ SMALL_SEARCH_WORK = 8_000_000
 RESCORE_RE = re.compile(r"^(?P<base>.+?),\s*Rescore(?:\((?P<dtype>fp16|fp32)\))?$")
 PARAM_NAMES = ("nprobe", "efSearch", "k_factor")
 DEFAULT_K_FACTOR = 10
+RESCORE_BLOCK_BYTES = 32 << 20  # gathered candidate vectors held at once while rescoring a batch
 
 
 def faiss_gpu_count() -> int:
@@ -403,15 +404,19 @@ class _CodesBackend:
         return scores, ids
 
     def _rescore(self, queries: np.ndarray, cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        vecs, found = self.rescore.gather(cand)
-        s = np.where(found, exact_scores(queries, vecs, self.metric), -np.inf)
-        kk = min(k, s.shape[1])
-        order = np.argsort(-s, axis=1, kind="stable")[:, :kk]
-        top_s = np.take_along_axis(s, order, 1)
-        top_i = np.where(np.isfinite(top_s), np.take_along_axis(cand, order, 1), -1)
         out_s = np.full((len(queries), k), -np.inf, np.float32)
         out_i = np.full((len(queries), k), -1, np.int64)
-        out_s[:, :kk], out_i[:, :kk] = top_s, top_i
+        # Gathered candidates take queries x depth x dim floats: score them a slice of queries at a time.
+        step = max(1, RESCORE_BLOCK_BYTES // max(1, cand.shape[1] * self.dim * 4))
+        for a in range(0, len(queries), step):
+            c = cand[a : a + step]
+            vecs, found = self.rescore.gather(c)
+            s = np.where(found, exact_scores(queries[a : a + step], vecs, self.metric), -np.inf)
+            kk = min(k, s.shape[1])
+            order = np.argsort(-s, axis=1, kind="stable")[:, :kk]
+            top_s = np.take_along_axis(s, order, 1)
+            out_s[a : a + step, :kk] = top_s
+            out_i[a : a + step, :kk] = np.where(np.isfinite(top_s), np.take_along_axis(c, order, 1), -1)
         return out_s, out_i
 
     # -- persistence ---------------------------------------------------------------------

@@ -134,6 +134,8 @@ for _fam in [
            lambda n, d: f"IVF{ivf_nlist(n)},PQ{pq_m(d, 1 / 8)}x8,Rescore", _ivf_k(4, 10)),
     Family("ivf-pq16-rescore", "IVF-PQ (d/16 bytes), rescored from float32 vectors on disk",
            lambda n, d: f"IVF{ivf_nlist(n)},PQ{pq_m(d, 1 / 16)}x8,Rescore", _ivf_k(10, 20)),
+    Family("ivf-pq12-rescore", "IVF-PQ (d/12 bytes), rescored from float32 vectors on disk",
+           lambda n, d: f"IVF{ivf_nlist(n)},PQ{pq_m(d, 1 / 12)}x8,Rescore", _ivf_k(10, 20)),
     Family("ivf-pq4-rescore", "IVF-PQ (d/4 bytes), rescored from float32 vectors on disk",
            lambda n, d: f"IVF{ivf_nlist(n)},PQ{pq_m(d, 1 / 4)}x8,Rescore", _ivf_k(2, 4)),
     Family("ivf-pq-fs-rescore", "IVF with 4-bit fast-scan PQ (d/8 bytes), rescored from float32 vectors on disk",

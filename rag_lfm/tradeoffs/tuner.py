@@ -48,7 +48,7 @@ from rag_lfm.tradeoffs.sources import exact_topk, heldout
 OBJECTIVES = ("latency", "memory", "recall")
 DEFAULT_FAMILIES = (
     "flat", "flat-fp16", "sq8", "sq4", "sq4-rescore", "pq-rescore", "opq-pq-rescore", "ivf-flat", "ivf-sq8", "ivf-pq",
-    "ivf-pq-rescore", "ivf-pq16-rescore", "ivf-pq4-rescore", "ivf-pq-fs-rescore", "hnsw", "hnsw-sq8", "binary", "binary-ivf",
+    "ivf-pq-rescore", "ivf-pq12-rescore", "ivf-pq16-rescore", "ivf-pq4-rescore", "ivf-pq-fs-rescore", "hnsw", "hnsw-sq8", "binary", "binary-ivf",
 )
 ESTIMATE_SLACK = 1.25  # build a candidate whose estimated size is at most this times the budget
 
@@ -242,6 +242,7 @@ def tune(
     measure_all: bool = False,
     progress: bool = True,
     seed: int = 0,
+    on_built: Any = None,
 ) -> TuneResult:
     """Measure index families on ``source`` (a :class:`~rag_lfm.tradeoffs.sources.VectorSource`) and choose one.
 
@@ -254,6 +255,8 @@ def tune(
         objective: among the settings that meet the budget, pick the fastest (``"latency"``),
             the smallest (``"memory"``) or the most accurate (``"recall"``).
         measure_all: also build candidates whose estimated size is far over the budget (for plots).
+        on_built: ``fn(family_name, backend, trials, queries)`` called after a family's settings are
+            measured, before its index is freed (the benchmark compares with FAISS there).
     """
     t_start = time.perf_counter()
     budget = parse_bytes(max_memory)
@@ -282,6 +285,7 @@ def tune(
     plans = [(f, f.factory(n, dim), f.grid(n, dim)) for f in fams]
     trials: list[Trial] = []
     notes: list[str] = []
+    coarse: dict[Any, np.ndarray] = {}  # IVF centroids shared by the families of one nlist
     bar = tqdm(total=sum(len(g) for _, _, g in plans), desc="tune", unit="setting", disable=not progress)
     for fam, factory, grid in plans:
         try:
@@ -299,7 +303,7 @@ def tune(
         try:
             t = time.perf_counter()
             backend = build_backend(factory, dim, lambda: source.iter_batches(), n=n_all, metric=source.metric,
-                                    params=grid[0], exclude=exclude, seed=seed, use_gpu=False)
+                                    params=grid[0], exclude=exclude, seed=seed, use_gpu=False, coarse_cache=coarse)
             if getattr(backend, "rescore", None) is not None:
                 backend.rescore.flush()  # rescoring vectors on disk, as in a saved index
             build_s = time.perf_counter() - t
@@ -311,6 +315,8 @@ def tune(
                 trials.append(Trial(fam.name, factory, dict(params), "ok", n, resident, disk, m["recall"], m["p50_ms"], m["p99_ms"], m["qps"], build_s))
                 bar.update(1)
                 done += 1
+            if on_built is not None:
+                on_built(fam.name, backend, trials[-len(grid):], qvecs)
         except Exception as exc:  # noqa: BLE001 - one family failing (e.g. too few vectors to train) must not stop the sweep
             trials.append(Trial(fam.name, factory, {}, f"failed: {type(exc).__name__}: {str(exc).splitlines()[-1][:160]}", n))
             bar.update(len(grid) - done)
