@@ -7,25 +7,28 @@ FAISS factory string works as well, with our rescoring stage as an optional
 (``n`` vectors of dimension ``d``): ``nlist`` = 4*sqrt(n) rounded to a power of two (at
 most n/39, FAISS' minimum of training points per list); PQ's ``M`` is a divisor of d.
 
-=================  ===================================  ========  ===========================
-family             factory (d=384, n=1M)                B/vector  removes ids / searched with
-=================  ===================================  ========  ===========================
-flat               IDMap,Flat                           1544      yes / exact
-flat-fp16          IDMap,SQfp16                         776       yes / exact on fp16
-sq8 / sq4          IDMap,SQ8 / IDMap,SQ4                392 / 200 yes
-sq4-rescore        IDMap,SQ4,Rescore                    200       yes / k_factor
-pq / pq-rescore    IDMap,PQ48x8 (,Rescore)              56        yes / (k_factor)
-opq-pq(-rescore)   IDMap,OPQ48,PQ48x8 (,Rescore)        56        yes / (k_factor)
-ivf-flat           IVF4096,Flat                         1550      yes / nprobe
-ivf-sq8            IVF4096,SQ8                          398       yes / nprobe
-ivf-pq(-rescore)   IVF4096,PQ48x8 (,Rescore)            62        yes / nprobe (k_factor)
-ivf-pq-fs-rescore  IVF4096,PQ96x4fs,Rescore             62        yes / nprobe, k_factor
-hnsw / hnsw-sq8    IDMap,HNSW32,Flat / ...,SQ8          ~1.8k/700 masked / efSearch
-binary             BFlat,Rescore                        56        yes / k_factor
-binary-ivf         BIVF4096,Rescore                     ~60       yes / nprobe, k_factor
-=================  ===================================  ========  ===========================
+=================  ==============================  ========  ==============================
+family             factory (d=384, n=1M)           B/vector  removes ids / searched with
+=================  ==============================  ========  ==============================
+flat               IDMap,Flat                      1544      yes / exact
+flat-fp16          IDMap,SQfp16                    776       yes / exact on fp16
+sq8 / sq4          IDMap,SQ8 / IDMap,SQ4           392 / 200 yes
+sq4-rescore        IDMap,SQ4,Rescore               200       yes / k_factor
+pq / pq-rescore    IDMap,PQ48x8 (,Rescore)         56        yes / (k_factor)
+opq-pq(-rescore)   IDMap,OPQ48,PQ48x8 (,Rescore)   57        yes / (k_factor)
+ivf-flat           IVF4096,Flat                    1550      yes / nprobe
+ivf-sq8            IVF4096,SQ8                     398       yes / nprobe
+ivf-pq(-rescore)   IVF4096,PQ48x8 (,Rescore)       63        yes / nprobe (, k_factor)
+ivf-pq4-rescore    IVF4096,PQ96x8,Rescore          111       yes / nprobe, k_factor
+ivf-pq12-rescore   IVF4096,PQ32x8,Rescore          47        yes / nprobe, k_factor
+ivf-pq16-rescore   IVF4096,PQ24x8,Rescore          39        yes / nprobe, k_factor
+ivf-pq-fs-rescore  IVF4096,PQ96x4fs,Rescore        63        yes / nprobe, k_factor
+hnsw / hnsw-sq8    IDMap,HNSW32,Flat / ...,SQ8     1816/664  masked / efSearch
+binary             BFlat,Rescore                   56        yes / k_factor
+binary-ivf         BIVF4096,Rescore                56        yes / nprobe, k_factor
+=================  ==============================  ========  ==============================
 
-(``,Rescore`` adds 4*d bytes per vector on disk, none in RAM.)
+(Estimated resident bytes, :func:`estimate_bytes`; ``,Rescore`` adds 4*d bytes per vector on disk, none in RAM.)
 
 Example:
     >>> resolve_factory("ivf-pq-rescore", n=1_000_000, dim=384)
