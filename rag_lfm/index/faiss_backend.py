@@ -215,7 +215,13 @@ class _CodesBackend:
         return len(self.masked) / max(1, int(self.index.ntotal))
 
     def _index_bytes(self) -> int:
-        """Serialised size of the FAISS index, counted through a callback writer (no copy in memory)."""
+        """Serialised size of the FAISS index, counted through a callback writer (no copy in memory).
+
+        Memory-mapped: the file's size (counting through the writer would page the whole file in).
+        """
+        path = getattr(self, "_path", None)
+        if self.mmap and path is not None and path.exists():
+            return int(path.stat().st_size)
         faiss = _faiss()
         total = [0]
 
@@ -442,6 +448,7 @@ class _CodesBackend:
         return []
 
     def _load_common(self, path: Path) -> None:
+        self._path = path
         masked = path.with_name(path.name + ".masked-pos.npy")
         legacy = path.with_name(path.name + ".masked.npy")  # before positions: masked ids
         if masked.exists():
