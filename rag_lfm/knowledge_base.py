@@ -660,7 +660,6 @@ class KnowledgeBase:
             "files": files,
         }
 
-
     # -- memory / speed trade-offs -------------------------------------------------------
     def tune(self, max_memory: int | str, min_recall: float = 0.95, max_p50_ms: float | None = None, queries: Any = None, **options: Any) -> Any:
         """Measure index families on this collection and rebuild with the best one that meets the budget.

@@ -51,7 +51,7 @@ def _best_params(name):
 @pytest.mark.parametrize("name", [f.name for f in families()])
 def test_family_conformance(name, data, tmp_path):
     ids, x, q = data
-    factory = resolve_factory(name, N, D)
+    factory = get_family(name).factory(N, D)  # the family's own structure, even below its min_n
     be = make_backend(D, factory, params=_best_params(name), use_gpu=False)
     if not be.is_trained:
         be.train(x[:800])  # a training sample, as the knowledge base and the tuner train
@@ -127,6 +127,7 @@ def test_family_registry_and_factories():
 
     assert resolve_factory("ivf-pq-rescore", 1_000_000, 384) == "IVF4096,PQ48x8,Rescore"
     assert resolve_factory("auto", 10, 384) == "IDMap2,Flat" and resolve_factory("IVF8,Flat", 10, 4) == "IVF8,Flat"
+    assert resolve_factory("ivf-pq-rescore", 5000, 384) == "IDMap,Flat"  # too few vectors to train PQ codebooks: exact
     assert ivf_nlist(2000) == 32 and ivf_nlist(1) == 1 and pq_m(384, 1 / 8) == 48 and pq_m(100, 1 / 8) == 10
     with pytest.raises(ConfigError, match="already registered"):
         register_family(Family("flat", "dup", lambda n, d: "IDMap,Flat"))
@@ -135,7 +136,7 @@ def test_family_registry_and_factories():
     # estimates are close to the measured size (they decide what the tuner builds)
     ids, x = np.arange(4000), np.random.default_rng(0).standard_normal((4000, 64)).astype(np.float32)
     for name in ("flat", "sq8", "ivf-flat", "binary", "hnsw"):
-        factory = resolve_factory(name, 4000, 64)
+        factory = get_family(name).factory(4000, 64)
         be = make_backend(64, factory, use_gpu=False)
         be.train(x)
         be.add(ids, x)

@@ -181,6 +181,9 @@ def test_family_names_as_index_spec_grow_with_the_collection(tmp_path):
     kb.ingest(InMemory(corpus(2000)), progress=False)
     assert kb.index.factory == "IVF32,Flat" and kb.manifest["index"]["spec"] == "ivf-flat"
     assert kb.search(corpus(2000)[1500].text, k=1)[0].doc_id == "doc1500"
+    pq = KnowledgeBase.create(tmp_path / "pq", embedder=HashEmbedder(64), index="ivf-pq-rescore")
+    pq.ingest(InMemory(corpus(100)), progress=False)  # 100 vectors cannot train 256-centroid codebooks: exact until 9,984
+    assert pq.index.factory == "IDMap,Flat" and pq.search(corpus(100)[7].text, k=1)[0].doc_id == "doc7"
 
 
 def test_cli_index_tune_families_and_info(tmp_path):

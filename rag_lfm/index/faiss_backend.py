@@ -36,8 +36,10 @@ process may use is searchable (read-only).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -459,6 +461,17 @@ class _CodesBackend:
             self.rescore = RescoreStore.load(path, self.dim)
 
 
+@contextlib.contextmanager
+def _training(factory: str, n: int) -> Iterator[None]:
+    """FAISS training errors (e.g. fewer points than PQ centroids) as a ConfigError naming the fix."""
+    try:
+        yield
+    except RuntimeError as exc:
+        raise ConfigError(f"index {factory!r} could not be trained on {n} vectors: {str(exc).splitlines()[-1]}; "
+                          "train it on more vectors (a larger first batch: commit_every), or use a smaller index "
+                          "(fewer IVF lists, or a family name such as 'ivf-pq', sized to the collection)") from exc
+
+
 def _read(path: Path, mmap: bool, binary: bool) -> Any:
     faiss = _faiss()
     flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if mmap else 0
@@ -516,7 +529,8 @@ class FaissBackend(_CodesBackend):
 
     def train(self, vectors: np.ndarray) -> None:
         if not self.index.is_trained:
-            self.index.train(np.ascontiguousarray(vectors, dtype=np.float32))
+            with _training(self.factory, len(vectors)):
+                self.index.train(np.ascontiguousarray(vectors, dtype=np.float32))
 
     def _side_bytes(self) -> int:
         # IDMap2's reverse map (id -> position) lives on the heap and is not serialised.
@@ -595,7 +609,8 @@ class BinaryBackend(_CodesBackend):
         if self.thresholds is None:
             self.thresholds = np.median(vectors, axis=0).astype(np.float32)
         if not self.index.is_trained:
-            self.index.train(self._to_codes(vectors))
+            with _training(self.factory, len(vectors)):
+                self.index.train(self._to_codes(vectors))
 
     def _to_codes(self, vectors: np.ndarray) -> np.ndarray:
         return np.packbits(vectors > self.thresholds, axis=1)

@@ -74,7 +74,9 @@ class Family:
 
     ``factory(n, dim)`` gives its FAISS factory string for a collection; ``grid(n, dim)`` the
     search settings the tuner sweeps (each a ``params`` dict); ``removes``: whether ids are
-    really removed (else masked until compaction).
+    really removed (else masked until compaction); ``min_n``: below this many vectors a
+    knowledge base that names the family searches exactly (``IDMap,Flat``) instead: PQ
+    codebooks need ~10k training points (256 centroids x 39), and exact search is fast there.
     """
 
     name: str
@@ -82,8 +84,10 @@ class Family:
     factory: Callable[[int, int], str]
     grid: Callable[[int, int], list[dict[str, int]]] = field(default=lambda n, d: [{}])
     removes: bool = True
+    min_n: int = 0
 
 
+PQ_MIN_N = 256 * 39  # faiss' minimum of training points for 256 centroids
 _FAMILIES: dict[str, Family] = {}
 
 
@@ -124,25 +128,25 @@ for _fam in [
     Family("sq8", "8-bit scalar quantisation (a quarter of float32)", lambda n, d: "IDMap,SQ8"),
     Family("sq4", "4-bit scalar quantisation (an eighth of float32)", lambda n, d: "IDMap,SQ4"),
     Family("sq4-rescore", "4-bit codes, top k*k_factor rescored from float32 vectors on disk", lambda n, d: "IDMap,SQ4,Rescore", _k(2, 4, 8)),
-    Family("pq", "product quantisation, d/8 bytes per vector", lambda n, d: f"IDMap,PQ{pq_m(d, 1 / 8)}x8"),
-    Family("pq-rescore", "PQ codes, rescored from float32 vectors on disk", lambda n, d: f"IDMap,PQ{pq_m(d, 1 / 8)}x8,Rescore", _k(4, 10, 20)),
-    Family("opq-pq", "a learnt rotation (OPQ) before PQ", lambda n, d: f"IDMap,OPQ{pq_m(d, 1 / 8)},PQ{pq_m(d, 1 / 8)}x8"),
+    Family("pq", "product quantisation, d/8 bytes per vector", lambda n, d: f"IDMap,PQ{pq_m(d, 1 / 8)}x8", min_n=PQ_MIN_N),
+    Family("pq-rescore", "PQ codes, rescored from float32 vectors on disk", lambda n, d: f"IDMap,PQ{pq_m(d, 1 / 8)}x8,Rescore", _k(4, 10, 20), min_n=PQ_MIN_N),
+    Family("opq-pq", "a learnt rotation (OPQ) before PQ", lambda n, d: f"IDMap,OPQ{pq_m(d, 1 / 8)},PQ{pq_m(d, 1 / 8)}x8", min_n=PQ_MIN_N),
     Family("opq-pq-rescore", "OPQ+PQ codes, rescored from float32 vectors on disk",
-           lambda n, d: f"IDMap,OPQ{pq_m(d, 1 / 8)},PQ{pq_m(d, 1 / 8)}x8,Rescore", _k(4, 10, 20)),
+           lambda n, d: f"IDMap,OPQ{pq_m(d, 1 / 8)},PQ{pq_m(d, 1 / 8)}x8,Rescore", _k(4, 10, 20), min_n=PQ_MIN_N),
     Family("ivf-flat", "inverted lists of float32 vectors", lambda n, d: f"IVF{ivf_nlist(n)},Flat", lambda n, d: nprobe_grid(ivf_nlist(n))),
     Family("ivf-sq8", "inverted lists of 8-bit codes", lambda n, d: f"IVF{ivf_nlist(n)},SQ8", lambda n, d: nprobe_grid(ivf_nlist(n))),
     Family("ivf-pq", "inverted lists of PQ codes (d/8 bytes)", lambda n, d: f"IVF{ivf_nlist(n)},PQ{pq_m(d, 1 / 8)}x8",
-           lambda n, d: nprobe_grid(ivf_nlist(n))),
+           lambda n, d: nprobe_grid(ivf_nlist(n)), min_n=PQ_MIN_N),
     Family("ivf-pq-rescore", "IVF-PQ (d/8 bytes), rescored from float32 vectors on disk",
-           lambda n, d: f"IVF{ivf_nlist(n)},PQ{pq_m(d, 1 / 8)}x8,Rescore", _ivf_k(4, 10)),
+           lambda n, d: f"IVF{ivf_nlist(n)},PQ{pq_m(d, 1 / 8)}x8,Rescore", _ivf_k(4, 10), min_n=PQ_MIN_N),
     Family("ivf-pq16-rescore", "IVF-PQ (d/16 bytes), rescored from float32 vectors on disk",
-           lambda n, d: f"IVF{ivf_nlist(n)},PQ{pq_m(d, 1 / 16)}x8,Rescore", _ivf_k(10, 20)),
+           lambda n, d: f"IVF{ivf_nlist(n)},PQ{pq_m(d, 1 / 16)}x8,Rescore", _ivf_k(10, 20), min_n=PQ_MIN_N),
     Family("ivf-pq12-rescore", "IVF-PQ (d/12 bytes), rescored from float32 vectors on disk",
-           lambda n, d: f"IVF{ivf_nlist(n)},PQ{pq_m(d, 1 / 12)}x8,Rescore", _ivf_k(10, 20)),
+           lambda n, d: f"IVF{ivf_nlist(n)},PQ{pq_m(d, 1 / 12)}x8,Rescore", _ivf_k(10, 20), min_n=PQ_MIN_N),
     Family("ivf-pq4-rescore", "IVF-PQ (d/4 bytes), rescored from float32 vectors on disk",
-           lambda n, d: f"IVF{ivf_nlist(n)},PQ{pq_m(d, 1 / 4)}x8,Rescore", _ivf_k(2, 4)),
+           lambda n, d: f"IVF{ivf_nlist(n)},PQ{pq_m(d, 1 / 4)}x8,Rescore", _ivf_k(2, 4), min_n=PQ_MIN_N),
     Family("ivf-pq-fs-rescore", "IVF with 4-bit fast-scan PQ (d/8 bytes), rescored from float32 vectors on disk",
-           lambda n, d: f"IVF{ivf_nlist(n)},PQ{pq_m(d, 1 / 4)}x4fs,Rescore", _ivf_k(4, 10)),
+           lambda n, d: f"IVF{ivf_nlist(n)},PQ{pq_m(d, 1 / 4)}x4fs,Rescore", _ivf_k(4, 10), min_n=PQ_MIN_N),
     Family("hnsw", "HNSW graph over float32 vectors (ids masked on delete)", lambda n, d: "IDMap,HNSW32,Flat", _ef, removes=False),
     Family("hnsw-sq8", "HNSW graph over 8-bit codes (ids masked on delete)", lambda n, d: "IDMap,HNSW32,SQ8", _ef, removes=False),
     Family("binary", "1 bit per dimension (sign against the median), Hamming search, rescored from float32 on disk",
@@ -154,13 +158,15 @@ for _fam in [
 
 
 def resolve_factory(spec: str, n: int, dim: int) -> str:
-    """The factory string for ``spec``: ``"auto"``, a family name, or a factory string (returned as given)."""
+    """The factory string for ``spec``: ``"auto"``, a family name (exact ``IDMap,Flat`` below its ``min_n``),
+    or a factory string (returned as given)."""
     from rag_lfm.index.base import auto_factory
 
     if spec == "auto":
         return auto_factory(n)
     if spec in _FAMILIES:
-        return _FAMILIES[spec].factory(n, dim)
+        fam = _FAMILIES[spec]
+        return "IDMap,Flat" if n < fam.min_n else fam.factory(n, dim)
     return spec
 
 
