@@ -209,6 +209,9 @@ def test_cli_index_tune_families_and_info(tmp_path):
     assert KnowledgeBase.open(tmp_path / "kb").index.factory == data["choice"]["factory"]
     out = runner.invoke(app, ["index", "tune", str(tmp_path / "kb"), "--max-memory", "1KB", "--families", "sq8"])
     assert out.exit_code == 1 and "nothing meets the budget" in out.stdout
+    out = runner.invoke(app, ["index", "tune", str(tmp_path / "kb"), "--max-memory", "1MB", "--families", "sq8", "--factory", "IDMap,SQ4",
+                              "--dry-run", "--json", "--n-queries", "20"])
+    assert out.exit_code == 0 and {t["factory"] for t in json.loads(out.stdout.strip().splitlines()[-1])["trials"]} == {"IDMap,SQ8", "IDMap,SQ4"}
     out = runner.invoke(app, ["index", "tune", str(tmp_path / "kb"), "--max-memory", "lots"])
     assert out.exit_code == 2 and "memory size 'lots'" in out.output
     out = runner.invoke(app, ["info", str(tmp_path / "kb"), "--json"])

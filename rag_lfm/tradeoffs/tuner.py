@@ -32,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import gc
+import re
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -152,21 +153,22 @@ class TuneResult:
 
 
 def _family(spec: str | Family) -> Family:
+    """A registered family by name, or a raw FAISS factory string swept over what its structure has."""
     if isinstance(spec, Family):
         return spec
     try:
         return get_family(spec)
     except ConfigError:
-        if "," not in spec and not spec.startswith(("IVF", "HNSW", "PQ", "SQ", "Flat", "BFlat", "BIVF", "OPQ", "IDMap")):
+        if "," not in spec and not re.match(r"^(IVF|HNSW|PQ|OPQ|SQ|Flat|B(Flat|IVF|HNSW)|IDMap)", spec):
             raise
-    # a raw factory string: sweep what its structure has
+
     def grid(n: int, d: int, f: str = spec) -> list[dict[str, int]]:
         from rag_lfm.index.faiss_backend import split_rescore
 
         base, rescore = split_rescore(f)
-        ivf = next((int(t[3:]) for t in base.replace("B", "", 1 if base.startswith("BIVF") else 0).split(",") if t.startswith("IVF") and t[3:].isdigit()), 0)
-        settings = nprobe_grid(ivf) if ivf else ([{"efSearch": e} for e in (16, 64, 256)] if "HNSW" in base else [{}])
-        return [{**s, "k_factor": k} for s in settings for k in (4, 10)] if rescore else settings
+        ivf = re.search(r"(?:^|,)B?IVF(\d+)", base)
+        settings = nprobe_grid(int(ivf.group(1))) if ivf else ([{"efSearch": e} for e in (16, 64, 256)] if "HNSW" in base else [{}])
+        return [{**x, "k_factor": k} for x in settings for k in (4, 10)] if rescore else settings
 
     return Family(spec, "a FAISS factory string", lambda n, d, f=spec: f, grid)
 
