@@ -61,7 +61,17 @@ def kb_vectors(path: Path) -> Any:
     if manifest["docstore"]["url"]:
         raise SystemExit(f"{path} keeps its doc store in {manifest['docstore']['url']!r}; this benchmark reads SQLite files only")
     dim = int(manifest["embedder"]["dim"])
-    con = sqlite3.connect(f"file:{path / 'docstore.sqlite'}?mode=ro&immutable=1", uri=True)
+    db, wal = path / "docstore.sqlite", path / "docstore.sqlite-wal"
+    if wal.exists() and wal.stat().st_size > 0:
+        # commits still in the write-ahead log: read a copy (immutable=1 would not see them)
+        import shutil
+        import tempfile
+
+        tmp = Path(tempfile.mkdtemp(prefix="bench-tradeoffs-"))
+        shutil.copy(db, tmp / db.name)
+        shutil.copy(wal, tmp / wal.name)
+        db = tmp / db.name
+    con = sqlite3.connect(f"file:{db}?mode=ro&immutable=1", uri=True) if db.parent == path else sqlite3.connect(db)
     rows = con.execute(f"SELECT id, vector FROM {manifest['docstore']['prefix']}chunks ORDER BY id").fetchall()
     con.close()
     ids = np.array([r[0] for r in rows], dtype=np.int64)
@@ -210,7 +220,7 @@ def run_collection(label: str, source: Any, queries: np.ndarray | None, args: ar
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", choices=sorted(SIZES), default="S")
-    ap.add_argument("--kb", default="indexes/wiki-vital", help="(a): a knowledge base whose stored vectors to measure")
+    ap.add_argument("--kb", default=str(HERE.parent / "indexes" / "wiki-vital"), help="(a): a knowledge base whose stored vectors to measure")
     ap.add_argument("--parts", default="ab", help="a: the KB's vectors, b: synthetic, p: the tuner's peak memory")
     ap.add_argument("--families", default=None, help="comma-separated family names (default: all; HNSW left out at L)")
     ap.add_argument("--hnsw", action="store_true", help="include the HNSW families at size L")

@@ -540,7 +540,12 @@ class FaissBackend(_CodesBackend):
         if not self.use_gpu:
             return self.index
         if self._gpu_index is None:
-            self._gpu_index = _faiss().index_cpu_to_all_gpus(self.index)
+            try:
+                self._gpu_index = _faiss().index_cpu_to_all_gpus(self.index)
+            except RuntimeError:
+                # a type faiss' GPU code does not hold (HNSW, some SQ / fast-scan codes, Refine): search on the CPU
+                self.use_gpu = False
+                return self.index
         return self._gpu_index
 
     @classmethod
