@@ -278,3 +278,17 @@ def test_torch_int8_scores_are_exact_for_the_stored_codes():
     want = q @ dec.T
     np.testing.assert_allclose(s, np.sort(want, axis=1)[:, ::-1][:, :5], rtol=1e-5, atol=1e-5)
     assert torch.is_tensor(be._vecs[0]) and be._vecs[0].dtype == torch.int8
+
+
+def test_torch_int8_dequantises_in_bounded_slices(monkeypatch, data):
+    pytest.importorskip("torch")
+    import rag_lfm.index.torch_backend as tb
+
+    ids, x, q = data
+    be = TorchExactBackend(D, device="cpu", dtype="int8", int_mm=False)
+    be.add(ids, x)
+    whole = be.search(q, K)
+    monkeypatch.setattr(tb, "DEQUANT_BYTES", 64 * D * 2)  # 64 rows at a time
+    sliced = be.search(q, K)
+    np.testing.assert_array_equal(sliced[1], whole[1])
+    np.testing.assert_allclose(sliced[0], whole[0], rtol=1e-6)

@@ -36,6 +36,7 @@ from rag_lfm.errors import ConfigError, IndexFormatError
 from rag_lfm.index.topk import torch_merge, torch_topk_tile
 
 DTYPES = ("float16", "float32", "int8")
+DEQUANT_BYTES = 64 << 20  # int8 rows dequantised at once where torch._int_mm cannot run
 
 
 class TorchExactBackend:
@@ -50,7 +51,8 @@ class TorchExactBackend:
         tile_scores: at most this many scores (queries x rows) exist at once per pass; one
             query scores a whole segment at once.
         topk_group: two-level top-k with groups of this many scores per row (0: one level).
-        segment_rows: rows per storage segment.
+        segment_rows: rows per storage segment (None: 8M on CUDA, where one query then scans up to 8M
+            rows in one matmul, and an add copies a segment at device speed; 1M on a CPU).
         int_mm: score int8 storage with ``torch._int_mm`` (None: on CUDA only; it falls back to
             dequantising when the device or shape is not supported).
     """
@@ -60,15 +62,17 @@ class TorchExactBackend:
     masked_share = 0.0
 
     def __init__(self, dim: int, *, metric: str = "ip", device: str = "auto", dtype: str | None = None, query_batch: int = 256,
-                 tile_scores: int = 1 << 25, topk_group: int = 1024, segment_rows: int = 1 << 20,
+                 tile_scores: int = 1 << 25, topk_group: int = 1024, segment_rows: int | None = None,
                  int_mm: bool | None = None) -> None:
         import torch
 
         if metric not in ("ip", "l2"):
             raise ConfigError(f"index metric {metric!r} must be 'ip' or 'l2'")
         self.dim, self.metric, self.query_batch = dim, metric, max(1, int(query_batch))
-        self.tile_scores, self.topk_group, self.segment_rows = int(tile_scores), int(topk_group), int(segment_rows)
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+        if segment_rows is None:
+            segment_rows = 1 << 23 if self.device.type == "cuda" else 1 << 20
+        self.tile_scores, self.topk_group, self.segment_rows = int(tile_scores), int(topk_group), int(segment_rows)
         if dtype is None:
             dtype = "float16" if self.device.type == "cuda" else "float32"
         if dtype not in DTYPES:
@@ -185,7 +189,12 @@ class TorchExactBackend:
                 return raw.float() * qs[: q.shape[0], None] * scale[None, :]
             except RuntimeError:
                 self._int_mm = False  # this device / shape has no int8 matmul: dequantise from now on
-        return (q @ codes.to(q.dtype).T).float() * scale[None, :]
+        # Dequantise a bounded slice at a time: a whole tile in fp16 could take gigabytes.
+        out = torch.empty((q.shape[0], codes.shape[0]), dtype=torch.float32, device=q.device)
+        step = max(8, DEQUANT_BYTES // (codes.shape[1] * 2))
+        for a in range(0, codes.shape[0], step):
+            out[:, a : a + step] = (q @ codes[a : a + step].to(q.dtype).T).float() * scale[None, a : a + step]
+        return out
 
     def _quantize_queries(self, q: Any) -> tuple[Any, Any] | None:
         """int8 queries for ``torch._int_mm`` (padded to > 16 rows as cuBLAS requires); None if not usable."""
