@@ -134,14 +134,14 @@ class TuneResult:
 
     def table(self) -> str:
         """One fixed-format row per trial (what the CLI prints)."""
-        head = f"{'family[setting]':<36}{'MB':>9}{'B/vec':>8}{'disk MB':>9}{f'R@{self.k}':>7}{'p50 ms':>8}{'p99 ms':>8}{'QPS':>9}{'build s':>9}  meets"
+        head = f"{'family[setting]':<40}{'MB':>9}{'B/vec':>8}{'disk MB':>9}{f'R@{self.k}':>7}{'p50 ms':>8}{'p99 ms':>8}{'QPS':>9}{'build s':>9}  meets"
         rows = [head]
         for t in self.trials:
             if t.status != "ok":
-                rows.append(f"{t.family:<36}{t.resident_bytes / 1e6:>9.1f}{t.bytes_per_vector:>8.0f}  {t.status}")
+                rows.append(f"{t.family:<40}{t.resident_bytes / 1e6:>9.1f}{t.bytes_per_vector:>8.0f}  {t.status}")
                 continue
             mark = "*" if self.choice is t else ("yes" if t.meets else "")
-            rows.append(f"{t.label():<36}{t.resident_bytes / 1e6:>9.1f}{t.bytes_per_vector:>8.0f}{t.disk_bytes / 1e6:>9.1f}"
+            rows.append(f"{t.label():<40}{t.resident_bytes / 1e6:>9.1f}{t.bytes_per_vector:>8.0f}{t.disk_bytes / 1e6:>9.1f}"
                         f"{t.recall:>7.3f}{t.p50_ms:>8.2f}{t.p99_ms:>8.2f}{t.qps:>9.0f}{t.build_s:>9.1f}  {mark}")
         return "\n".join(rows)
 
