@@ -204,7 +204,9 @@ def run_collection(label: str, source: Any, queries: np.ndarray | None, args: ar
         print(f"  target {name:<12} {'MET' if tgt['met'] else 'not met'}: {desc}")
     if args.plot:
         path = args.plot.replace(".png", f"-{label}.png")
-        res.plot(path)
+        what = "the demo index's vectors" if label == "a" else "synthetic clustered vectors"
+        res.plot(path, title=f"({label}) {what}: {res.n:,} x {res.dim}, {res.n_queries} {res.queries} queries, recall@10 vs exact; "
+                             "resident bytes (left) and one-query latency (right)")
         out["plot"] = path
         print(f"  Pareto plots: {path}")
     rows = wrapper_rows

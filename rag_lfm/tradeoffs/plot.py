@@ -21,13 +21,14 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
-def pareto_plot(result: Any, path: str) -> str:
+def pareto_plot(result: Any, path: str, title: str | None = None) -> str:
     """Write the two-panel Pareto plot of ``result`` (a TuneResult) to ``path``; returns the path."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import NullFormatter
     except ImportError as exc:
         raise ConfigError(f"plots need matplotlib ({exc}); install it with: pip install \"rag-lfm[plot]\"") from None
     ok = [t for t in result.trials if t.status == "ok"]
@@ -45,18 +46,20 @@ def pareto_plot(result: Any, path: str) -> str:
         front = pareto_front([(cost(t), t.recall) for t in ok])
         ax.plot([cost(ok[i]) for i in front], [ok[i].recall for i in front], "k-", lw=1, alpha=0.6, label="Pareto front")
         ax.axhline(result.min_recall, color="tab:red", ls="--", lw=0.8)
-        if limit:
+        if limit and limit <= 10 * max(cost(t) for t in ok):  # a budget far off the data would only squash the plot
             ax.axvline(limit, color="tab:red", ls=":", lw=0.8)
         pick = result.choice or result.closest
         if pick is not None:
             ax.scatter([cost(pick)], [pick.recall], s=120, facecolors="none", edgecolors="k", lw=1.5)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"recall@{result.k}")
         ax.grid(True, which="both", alpha=0.25)
     axes[1].legend(fontsize=6, loc="lower right", ncol=2)
-    fig.suptitle(f"{result.n:,} vectors x {result.dim}, {result.n_queries} {result.queries} queries; "
-                 f"budget {result.max_memory / 1e6:.0f} MB, recall >= {result.min_recall}", fontsize=9)
+    budget = f"budget {result.max_memory / 1e6:,.0f} MB, " if result.max_memory < 1e12 else ""
+    fig.suptitle(title or f"{result.n:,} vectors x {result.dim}, {result.n_queries} {result.queries} queries; "
+                 f"{budget}recall >= {result.min_recall}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -145,11 +145,11 @@ class TuneResult:
                         f"{t.recall:>7.3f}{t.p50_ms:>8.2f}{t.p99_ms:>8.2f}{t.qps:>9.0f}{t.build_s:>9.1f}  {mark}")
         return "\n".join(rows)
 
-    def plot(self, path: str) -> str:
+    def plot(self, path: str, title: str | None = None) -> str:
         """Write the memory-vs-recall and latency-vs-recall Pareto plots to ``path`` (PNG)."""
         from rag_lfm.tradeoffs.plot import pareto_plot
 
-        return pareto_plot(self, path)
+        return pareto_plot(self, path, title)
 
 
 def _family(spec: str | Family) -> Family:
