@@ -63,6 +63,7 @@ SMALL_SEARCH_WORK = 8_000_000
 RESCORE_RE = re.compile(r"^(?P<base>.+?),\s*Rescore(?:\((?P<dtype>fp16|fp32)\))?$")
 PARAM_NAMES = ("nprobe", "efSearch", "k_factor")
 DEFAULT_K_FACTOR = 10
+HNSW_EF_SEARCH = 16  # faiss' default beam width, restored when efSearch is reset
 RESCORE_BLOCK_BYTES = 32 << 20  # gathered candidate vectors held at once while rescoring a batch
 
 
@@ -179,8 +180,8 @@ class _CodesBackend:
                 # Default: an eighth of the lists (all of them for tiny indexes): recall@10 >= 0.99 of exact on our data.
                 part.nprobe = self.params.get("nprobe") or max(min(part.nlist, 8), part.nlist // 8)
                 part.nprobe = min(part.nprobe, part.nlist)
-            if isinstance(part, (faiss.IndexHNSW, faiss.IndexBinaryHNSW)) and "efSearch" in self.params:
-                part.hnsw.efSearch = self.params["efSearch"]
+            if isinstance(part, (faiss.IndexHNSW, faiss.IndexBinaryHNSW)):
+                part.hnsw.efSearch = self.params.get("efSearch", HNSW_EF_SEARCH)
         self._gpu_index = None
 
     def set_params(self, **params: Any) -> None:
