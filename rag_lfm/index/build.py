@@ -42,19 +42,20 @@ def sample_stream(batches: Iterable[tuple[np.ndarray, np.ndarray]], size: int, *
     rng = np.random.default_rng(seed)
     dim = None
     if n is not None:
-        want = np.sort(rng.choice(n, size=min(size, n), replace=False)) if size < n else None
-        parts, pos = [], 0
+        want = np.sort(rng.choice(n, size=min(size, n), replace=False)) if size < n else np.arange(n)
+        out: np.ndarray | None = None  # filled in place: no second copy of the sample at the end
+        filled, pos = 0, 0
         for ids, vecs in batches:
-            dim = vecs.shape[1]
-            keep = np.ones(len(ids), bool) if exclude is None else ~np.isin(ids, exclude)
-            if want is None:
-                parts.append(np.asarray(vecs, np.float32)[keep])
-            else:
-                lo, hi = np.searchsorted(want, [pos, pos + len(ids)])
-                rows = want[lo:hi] - pos
-                parts.append(np.asarray(vecs, np.float32)[rows[keep[rows]]])
+            if out is None:
+                out = np.empty((len(want), vecs.shape[1]), np.float32)
+            lo, hi = np.searchsorted(want, [pos, pos + len(ids)])
+            rows = want[lo:hi] - pos
+            if exclude is not None and len(rows):
+                rows = rows[~np.isin(np.asarray(ids)[rows], exclude)]
+            out[filled : filled + len(rows)] = np.asarray(vecs, np.float32)[rows]
+            filled += len(rows)
             pos += len(ids)
-        return np.concatenate(parts) if parts else np.zeros((0, dim or 0), np.float32)
+        return out[:filled] if out is not None else np.zeros((0, 0), np.float32)
     reservoir: np.ndarray | None = None
     seen = 0
     for ids, vecs in batches:
@@ -110,6 +111,8 @@ def build_backend(factory: str, dim: int, batches: Batches, *, n: int | None = N
         if key is not None and key not in coarse_cache:
             coarse_cache[key] = backend.ivf.quantizer.reconstruct_n(0, backend.ivf.nlist)
         del sample
+    if n is not None and hasattr(backend, "reserve"):
+        backend.reserve(n - (len(exclude) if exclude is not None else 0))
     add_stream(backend, batches(), exclude=exclude)
     return backend
 

@@ -256,6 +256,30 @@ class _CodesBackend:
             heap += self.rescore.resident_bytes
         return {"resident": int(heap), "mapped": int(mapped + rescore_disk), "disk": int(index_bytes + rescore_disk)}
 
+    def reserve(self, n: int) -> None:
+        """Allocate room for ``n`` vectors in flat code arrays and IDMap ids before adding them.
+
+        faiss grows these std::vectors geometrically while adding, which held ~35% more than the
+        final size at the peak (measured: 212 MB for a 157 MB flat index) and leaves the slack
+        allocated; sized up front, the peak is the final size. (IVF lists grow one by one and
+        are left as they are.)
+        """
+        faiss = _faiss()
+        for part in _walk(self.index):
+            vec, width = None, 0
+            if isinstance(part, (faiss.IndexIDMap, faiss.IndexIDMap2, faiss.IndexBinaryIDMap)):
+                vec, width = part.id_map, 1
+            elif isinstance(part, faiss.IndexFlatCodes):
+                vec, width = part.codes, part.code_size
+            elif isinstance(part, faiss.IndexBinaryFlat):
+                vec, width = part.xb, part.code_size
+            elif isinstance(part, (faiss.IndexHNSW, faiss.IndexBinaryHNSW)):
+                storage = faiss.downcast_index(part.storage) if isinstance(part, faiss.IndexHNSW) else faiss.downcast_IndexBinary(part.storage)
+                vec, width = (storage.codes, storage.code_size) if isinstance(storage, faiss.IndexFlatCodes) else (None, 0)
+            if vec is not None and vec.size() == 0:  # only an empty array: never touch stored codes
+                vec.resize(int(n) * width)  # allocates exactly, then keeps the capacity:
+                vec.resize(0)  # std::vector never shrinks its capacity on resize
+
     def _check_writable(self, what: str) -> None:
         if self.read_only:
             raise ConfigError(f"cannot {what}: this index was opened with mmap=True (read-only, larger than RAM); "
