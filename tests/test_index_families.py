@@ -292,3 +292,24 @@ def test_torch_int8_dequantises_in_bounded_slices(monkeypatch, data):
     sliced = be.search(q, K)
     np.testing.assert_array_equal(sliced[1], whole[1])
     np.testing.assert_allclose(sliced[0], whole[0], rtol=1e-6)
+
+
+def test_rescore_store_compacts_to_one_segment_and_cleans_its_scratch(data):
+    ids, x, _ = data
+    store = RescoreStore(D, buffer_rows=300)
+    store.add(ids, x)
+    store.remove(ids[:10])
+    before = store.gather(ids[[5, 20, 700]])
+    spilled = store._scratch
+    store.compact()
+    assert len(store.segments) == 1 and store.ntotal == N - 10 and store.resident_bytes == 0
+    assert not spilled.exists() and store._scratch.exists()
+    after = store.gather(ids[[5, 20, 700]])
+    np.testing.assert_array_equal(after[1], before[1])
+    np.testing.assert_allclose(after[0], before[0])
+    scratch = store._scratch
+    del store
+    import gc
+
+    gc.collect()
+    assert not scratch.exists()  # the merged scratch files go with the store

@@ -444,9 +444,11 @@ class _CodesBackend:
         for a in range(0, len(queries), step):
             c = cand[a : a + step]
             vecs, found = self.rescore.gather(c)
-            s = np.where(found, exact_scores(queries[a : a + step], vecs, self.metric), -np.inf)
+            s = exact_scores(queries[a : a + step], vecs, self.metric)
+            s[~found] = -np.inf
             kk = min(k, s.shape[1])
-            order = np.argsort(-s, axis=1, kind="stable")[:, :kk]
+            part = np.argpartition(-s, kk - 1, axis=1)[:, :kk] if kk < s.shape[1] else np.argsort(-s, axis=1)
+            order = np.take_along_axis(part, np.argsort(-np.take_along_axis(s, part, 1), axis=1, kind="stable"), 1)
             top_s = np.take_along_axis(s, order, 1)
             out_s[a : a + step, :kk] = top_s
             out_i[a : a + step, :kk] = np.where(np.isfinite(top_s), np.take_along_axis(c, order, 1), -1)

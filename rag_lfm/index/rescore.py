@@ -105,9 +105,21 @@ class RescoreStore:
             self._spill()
 
     def flush(self) -> None:
-        """Move pending rows to a scratch segment on disk (what ``save`` leaves is then what a loaded index has)."""
+        """Move pending rows to a scratch segment on disk."""
         if self._pending_ids:
             self._spill()
+
+    def compact(self) -> None:
+        """Merge everything into one sorted segment in the scratch folder: the layout a saved index has
+        (what the tuner measures), streamed like :meth:`save`."""
+        if len(self.segments) == 1 and not self._pending_ids and self.segments[0].removed is None:
+            return
+        old_scratch, self._scratch = self._scratch, Path(tempfile.mkdtemp(prefix="rag-lfm-rescore-"))
+        scratch = self._scratch
+        self.save(scratch / "compact")  # maps the merged pair and removes the old scratch segments
+        self._scratch = scratch  # keep the merged files until this store goes
+        if old_scratch is not None:
+            shutil.rmtree(old_scratch, ignore_errors=True)
 
     def _pending(self) -> tuple[np.ndarray, np.ndarray]:
         if not self._pending_ids:
@@ -146,6 +158,14 @@ class RescoreStore:
     def gather(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(vectors[..., d] float32, found[...] bool)`` for an id array of any shape (-1 = not found)."""
         flat = np.asarray(ids, dtype=np.int64).ravel()
+        if len(self.segments) == 1 and not self._pending_ids:
+            # the saved layout: one sorted segment, one searchsorted and one gather
+            seg = self.segments[0]
+            pos, found = seg.positions(flat)
+            found &= flat >= 0
+            out = np.asarray(seg.vectors[np.where(found, pos, 0)], dtype=np.float32)
+            out[~found] = 0.0
+            return out.reshape(*np.shape(ids), self.dim), found.reshape(np.shape(ids))
         out = np.zeros((len(flat), self.dim), np.float32)
         found = np.zeros(len(flat), bool)
         p_ids, p_vecs = self._pending()
@@ -216,7 +236,7 @@ class RescoreStore:
             raise IndexFormatError(f"{vec_path} holds vectors of shape {vecs.shape}, expected ({len(ids)}, {self.dim}); rebuild the index")
         self.segments = [_Segment(ids, vecs)] if len(ids) else []
         self._pending_ids, self._pending_vecs = [], []
-        if self._scratch is not None:
+        if self._scratch is not None and self._scratch not in vec_path.parents:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None
 
@@ -233,7 +253,7 @@ class RescoreStore:
 
 def exact_scores(queries: np.ndarray, vectors: np.ndarray, metric: str) -> np.ndarray:
     """Scores ``[b, n]`` of queries ``[b, d]`` against their own candidates ``[b, n, d]`` (higher = better)."""
-    s = np.einsum("bd,bnd->bn", queries, vectors, optimize=True)
+    s = np.matmul(vectors, queries[:, :, None])[..., 0]
     if metric == "l2":
         s = 2 * s - (vectors**2).sum(-1) - (queries**2).sum(-1, keepdims=True)
     return s.astype(np.float32)

@@ -307,7 +307,7 @@ def tune(
             backend = build_backend(factory, dim, lambda: source.iter_batches(), n=n_all, metric=source.metric,
                                     params=grid[0], exclude=exclude, seed=seed, use_gpu=False, coarse_cache=coarse)
             if getattr(backend, "rescore", None) is not None:
-                backend.rescore.flush()  # rescoring vectors on disk, as in a saved index
+                backend.rescore.compact()  # rescoring vectors on disk in one sorted segment, as in a saved index
             build_s = time.perf_counter() - t
             resident = int(backend.memory_report()["resident"]) if hasattr(backend, "memory_report") else int(backend.memory_bytes)
             disk = _disk_bytes(backend)
@@ -317,11 +317,12 @@ def tune(
                 trials.append(Trial(fam.name, factory, dict(params), "ok", n, resident, disk, m["recall"], m["p50_ms"], m["p99_ms"], m["qps"], build_s))
                 bar.update(1)
                 done += 1
-            if on_built is not None:
-                on_built(fam.name, backend, trials[-len(grid):], qvecs)
         except Exception as exc:  # noqa: BLE001 - one family failing (e.g. too few vectors to train) must not stop the sweep
             trials.append(Trial(fam.name, factory, {}, f"failed: {type(exc).__name__}: {str(exc).splitlines()[-1][:160]}", n))
             bar.update(len(grid) - done)
+        else:
+            if on_built is not None:  # the caller's hook: its errors are its own, not the family's
+                on_built(fam.name, backend, trials[-len(grid):], qvecs)
         finally:
             backend = None
             gc.collect()
