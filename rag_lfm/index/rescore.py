@@ -34,7 +34,7 @@ from rag_lfm.atomic import save_npy_blocks
 from rag_lfm.errors import ConfigError, IndexFormatError
 
 DTYPES = ("float32", "float16")
-MERGE_BLOCK = 1 << 16  # rows written per block when merging segments
+MERGE_BLOCK = 1 << 13  # rows per block when merging segments (12 MB of 384-d float32)
 
 
 class _Segment:

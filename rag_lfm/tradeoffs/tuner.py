@@ -198,6 +198,19 @@ def _measure(backend: Any, queries: np.ndarray, truth: np.ndarray, k: int, n_lat
             "p99_ms": lat[min(len(lat) - 1, int(round(0.99 * (len(lat) - 1))))], "qps": len(queries) / max(batch_s, 1e-9)}
 
 
+def _trim_heap() -> None:
+    """Give freed heap pages back to the OS between candidates (glibc keeps them otherwise, and the
+    process would carry the largest candidate's footprint into every later one)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        pass
+
+
 def _disk_bytes(backend: Any) -> int:
     store = getattr(backend, "rescore", None)
     return int(store.disk_bytes + store.resident_bytes) if store is not None else 0
@@ -326,6 +339,7 @@ def tune(
         finally:
             backend = None
             gc.collect()
+            _trim_heap()
     bar.close()
     choice, closest = choose(trials, budget, min_recall, max_p50_ms, objective)
     if not any(t.status == "ok" for t in trials):
