@@ -202,6 +202,10 @@ def info(index: Annotated[str, typer.Argument(help="Index directory.")], as_json
     for sid, s in data["sources"].items():
         when = dt.datetime.fromtimestamp(s["last_sync"], dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if s["last_sync"] else "never"
         lines.append(f"  {sid}: {s['documents']} documents, last sync {when}")
+    mib = lambda b: "n/a" if b is None else f"{b / 2**20:.2f} MiB"  # noqa: E731
+    lines.append("memory:     resident / memory-mapped / on disk")
+    for comp, m in data.get("memory", {}).items():
+        lines.append(f"  {comp:<15}{mib(m['resident']):>12} {mib(m['mapped']):>12} {mib(m['disk']):>12}")
     lines.append("files:")
     lines += [f"  {name}  {size / 2**20:.2f} MiB" for name, size in data["files"].items()]
     typer.echo("\n".join(lines))
@@ -225,7 +229,7 @@ def delete(
 
 
 # Commands contributed by the companion modules: each exposes register(app, eval_app).
-PLUGIN_MODULES = ["rag_lfm.retrieval.cli", "rag_lfm.readers.cli"]
+PLUGIN_MODULES = ["rag_lfm.retrieval.cli", "rag_lfm.readers.cli", "rag_lfm.tradeoffs.cli"]
 for _name in PLUGIN_MODULES:
     if importlib.util.find_spec(_name) is not None:
         importlib.import_module(_name).register(app, eval_app)

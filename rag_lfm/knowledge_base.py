@@ -67,7 +67,8 @@ from rag_lfm.connectors.base import Connector
 from rag_lfm.docstore import ChangeSet, DocStore, doc_key, metadata_fields
 from rag_lfm.embedders import embedder_config, embedder_from_config, make_embedder
 from rag_lfm.errors import ConfigError, EmbedderMismatchError, IndexFormatError, SourceError
-from rag_lfm.index import FaissBackend, TorchExactBackend, auto_factory, faiss_gpu_count
+from rag_lfm.index import TorchExactBackend, faiss_gpu_count, load_backend, make_backend, resolve_factory
+from rag_lfm.index.build import build_backend, chain_batches, sample_stream, train_size
 from rag_lfm.redaction import redact
 from rag_lfm.types import Document, Hit, Skipped
 
@@ -198,7 +199,9 @@ class KnowledgeBase:
 
         Args:
             embedder: a model name/path (sentence-transformers), ``"hash-<dim>"``, or an Embedder object.
-            index: ``"auto"`` (see :mod:`rag_lfm.index.base` for the rule) or a FAISS factory string.
+            index: ``"auto"`` (see :mod:`rag_lfm.index.base` for the rule), an index family name
+                (e.g. ``"ivf-pq-rescore"``, sized as the collection grows; see :mod:`rag_lfm.index.families`)
+                or a FAISS factory string (optionally ending in ``",Rescore"``).
             backend: ``"faiss"``, ``"torch"`` (exact search with torch, e.g. on a GPU without faiss-gpu),
                 or ``"auto"`` (torch when torch sees a GPU and faiss has none).
             metric: ``"ip"`` (cosine for normalised embedders) or ``"l2"``.
@@ -237,9 +240,9 @@ class KnowledgeBase:
             # An interrupted create by an older rag-lfm (committed, manifest never written): nothing to keep.
             store.drop_tables()
             store.create_tables()
-        factory = auto_factory(0) if index == "auto" else index
         retriever_cfg = _retriever_config(retriever)
         dim = int(emb.dim)
+        factory = resolve_factory(index, 0, dim)  # "auto", a family name (rag_lfm.index.families) or a factory string
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -280,7 +283,8 @@ class KnowledgeBase:
         Args:
             embedder: optional override (name or object); must match the recorded name and dimension.
             embedder_backend: run the recorded model with another backend (e.g. ``"onnx-int8"``).
-            mmap: memory-map the FAISS file instead of reading it (large indexes, read-only use).
+            mmap: memory-map the index's inverted lists / code arrays instead of reading them, so an
+                index larger than the process' memory is searchable (read-only use).
             verify: check the sha256 of the index files against the commit record.
             docstore: the doc store URL with its password, when the recorded one had a password
                 (recorded as ``***``); else the password comes from ``$RAG_LFM_DOCSTORE_PASSWORD``.
@@ -336,13 +340,14 @@ class KnowledgeBase:
         idx = manifest["index"]
         if idx["backend"] == "torch":
             return TorchExactBackend(dim, metric=manifest["metric"], device=device)
-        return FaissBackend(dim, factory or idx["factory"], metric=manifest["metric"], nprobe=idx.get("nprobe"))
+        return make_backend(dim, factory or idx["factory"], metric=manifest["metric"], params=_index_params(idx), device=device)
 
     @staticmethod
     def _load_backend(f: Path, manifest: dict[str, Any], *, mmap: bool, device: str) -> Any:
         if manifest["index"]["backend"] == "torch":
             return TorchExactBackend.load(f, metric=manifest["metric"], device=device)
-        return FaissBackend.load(f, factory=manifest["index"]["factory"], metric=manifest["metric"], mmap=mmap, nprobe=manifest["index"].get("nprobe"))
+        idx = manifest["index"]
+        return load_backend(f, idx["factory"], metric=manifest["metric"], params=_index_params(idx), mmap=mmap, device=device)
 
     def reload(self) -> None:
         """Reload the last committed state (after another process wrote, or after a failed write); checks sha256."""
@@ -594,7 +599,7 @@ class KnowledgeBase:
         try:
             self.index.remove(np.array(changes.delete_chunk_ids, dtype=np.int64))
             if len(add_ids):
-                if isinstance(self.index, FaissBackend) and not self.index.is_trained:
+                if not getattr(self.index, "is_trained", True):
                     self._train(add_ids, add_vectors, changes)
                 self.index.add(add_ids, add_vectors)
             self._commit(changes)
@@ -603,8 +608,10 @@ class KnowledgeBase:
             raise
 
     def _train(self, add_ids: np.ndarray, add_vectors: np.ndarray, changes: ChangeSet) -> None:
-        committed = [v for _, v in self.docstore.iter_vectors()]
-        sample = np.concatenate(committed + [add_vectors]) if committed else add_vectors
+        # A bounded uniform sample of the committed vectors and this batch (not all of them: large collections).
+        n = self.docstore.counts()[1] + len(add_ids)
+        stream = chain_batches(self.docstore.iter_vectors(), [(add_ids, add_vectors)])
+        sample = sample_stream(stream, train_size(self.index, n), n=n)
         nlist = getattr(self.index.ivf, "nlist", 0) if self.index.ivf is not None else 0
         if len(sample) < max(nlist, 1):
             raise ConfigError(
@@ -629,29 +636,38 @@ class KnowledgeBase:
         self._dir.remove_unreferenced()
 
     def _maybe_rebuild(self, n_chunks: int, changes: ChangeSet) -> None:
-        """Switch the auto index type when the collection crosses a size threshold; compact masked ids."""
-        if not isinstance(self.index, FaissBackend):
+        """Switch the auto (or family) index type when the collection crosses a size threshold; compact masked ids."""
+        if self.manifest["index"]["backend"] == "torch":
             return
-        want = auto_factory(n_chunks) if self.manifest["index"]["spec"] == "auto" else self.index.factory
+        want = resolve_factory(self.manifest["index"]["spec"], n_chunks, self.dim)
         if want == self.index.factory and self.index.masked_share <= COMPACT_MASKED_SHARE:
             return
-        # Rebuild from the stored vectors: committed ones minus deletions, plus this batch's additions.
-        deleted = set(changes.delete_chunk_ids)
-        ids_parts, vec_parts = [], []
-        for ids, vecs in self.docstore.iter_vectors():
-            keep = np.array([i not in deleted for i in ids], dtype=bool)
-            ids_parts.append(ids[keep])
-            vec_parts.append(vecs[keep])
+        # Rebuild from the stored vectors, streamed: committed ones minus deletions, plus this batch's additions.
+        deleted = np.array(changes.delete_chunk_ids, dtype=np.int64)
+        added = []
         if changes.add_chunks:
-            ids_parts.append(np.array([c["id"] for c in changes.add_chunks], dtype=np.int64))
-            vec_parts.append(np.stack([np.frombuffer(c["vector"], dtype=np.float32) for c in changes.add_chunks]))
-        all_ids = np.concatenate(ids_parts) if ids_parts else np.zeros(0, np.int64)
-        all_vecs = np.concatenate(vec_parts) if vec_parts else np.zeros((0, self.dim), np.float32)
-        fresh = self._new_backend(self.manifest, self.dim, factory=want)
-        if not fresh.is_trained:
-            fresh.train(all_vecs)
-        fresh.add(all_ids, all_vecs)
-        self.index = fresh
+            added.append((np.array([c["id"] for c in changes.add_chunks], dtype=np.int64),
+                          np.stack([np.frombuffer(c["vector"], dtype=np.float32) for c in changes.add_chunks])))
+        self.index = build_backend(want, self.dim, lambda: chain_batches(self.docstore.iter_vectors(), added), n=n_chunks + len(deleted),
+                                   metric=self.manifest["metric"], params=_index_params(self.manifest["index"]), exclude=deleted)
+
+    def _rebuild_with(self, build: Any, *, spec: str, params: dict[str, Any]) -> None:
+        """Replace the index by ``build()`` (a backend made from this KB's stored vectors) as the next generation.
+
+        Used by :meth:`tune`: the new factory (as ``spec``, so later commits keep it) and its search
+        parameters go into the manifest with the same commit; on any failure the last committed state is reloaded.
+        """
+        with self._write_lock():
+            try:
+                index = build()
+                self.manifest["index"].update({"spec": spec, "params": params})
+                self.manifest["index"].pop("nprobe", None)
+                self.index = index
+                self._commit(ChangeSet(), rebuild=False)
+            except BaseException:
+                self.reload()
+                raise
+            self._refresh_sidecars()  # the BM25 sidecar follows the new generation
 
     # -- delete --------------------------------------------------------------------------
     def delete(self, doc_ids: Sequence[str] = (), *, source: str | None = None) -> int:
@@ -882,7 +898,9 @@ class KnowledgeBase:
 
     # -- info ----------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
-        """Counts, embedder, index type, memory, files, sources (what ``rag-lfm info`` prints)."""
+        """Counts, embedder, index type, memory (resident and on-disk bytes per component), files, sources (``rag-lfm info``)."""
+        from rag_lfm.tradeoffs.memory import memory_report
+
         counts = self.docstore.source_counts()
         sources = {}
         for sid, inf in self.docstore.source_infos().items():
@@ -897,6 +915,7 @@ class KnowledgeBase:
             "embedder": self.manifest["embedder"],
             "metric": self.manifest["metric"],
             "index": {**self.manifest["index"], "ntotal": self.index.ntotal, "memory_bytes": self.index.memory_bytes},
+            "memory": memory_report(self),
             "chunking": self.manifest["chunking"],
             "docstore": self.docstore.safe_url,
             "counts": self.manifest["counts"],
@@ -906,6 +925,20 @@ class KnowledgeBase:
             "files": files,
         }
 
+    # -- memory / speed trade-offs -------------------------------------------------------
+    def tune(self, max_memory: int | str, min_recall: float = 0.95, max_p50_ms: float | None = None, queries: Any = None, **options: Any) -> Any:
+        """Measure index families on this collection and rebuild with the best one that meets the budget.
+
+        See :func:`rag_lfm.tradeoffs.tune_kb` for the options (``families``, ``n_queries``, ``plot``,
+        ``apply``, ``objective``, ``progress``). Returns a :class:`rag_lfm.tradeoffs.TuneResult`.
+
+        Example:
+            >>> result = kb.tune(max_memory="200MB", min_recall=0.95)     # doctest: +SKIP
+            >>> print(result.summary())                                    # doctest: +SKIP
+        """
+        from rag_lfm.tradeoffs import tune_kb
+
+        return tune_kb(self, max_memory=max_memory, min_recall=min_recall, max_p50_ms=max_p50_ms, queries=queries, **options)
 
 def check_queries(queries: Any) -> list[str]:
     """``queries`` as a list of non-blank str, or a ConfigError naming the bad item.
@@ -970,3 +1003,11 @@ def _torch_cuda() -> bool:
     except ImportError:
         return False
     return bool(torch.cuda.is_available())
+
+
+def _index_params(idx: dict[str, Any]) -> dict[str, Any]:
+    """The search parameters recorded for the index (``params``; older manifests: ``nprobe``)."""
+    params = dict(idx.get("params") or {})
+    if idx.get("nprobe") and "nprobe" not in params:
+        params["nprobe"] = idx["nprobe"]
+    return params

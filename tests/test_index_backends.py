@@ -123,3 +123,26 @@ def test_faiss_gpu_index_when_faiss_has_gpus():
     be = FaissBackend(64, "IDMap2,Flat", use_gpu=True)
     be.add(ids, x)
     np.testing.assert_array_equal(be.search(x[:20], 5)[1], _exact(x[:20], x, ids, 5))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+def test_torch_backend_gpu_tiles_and_int8_match_cpu():
+    """On the device: tiling, two-level top-k and int8 storage (torch._int_mm where cuBLAS takes it) give the CPU's answers."""
+    ids, x = _data(30000, 96)
+    q = x[:64] + 0.01
+    cpu = TorchExactBackend(96, device="cpu", dtype="float32")
+    cpu.add(ids, x)
+    want = cpu.search(q, 10)[1]
+    one = TorchExactBackend(96, device="cuda", dtype="float32", tile_scores=1 << 30)
+    tiled = TorchExactBackend(96, device="cuda", dtype="float32", tile_scores=64 * 1024, topk_group=256, segment_rows=7000)
+    for be in (one, tiled):
+        be.add(ids, x)
+        np.testing.assert_array_equal(be.search(q, 10)[1], want)
+    q8 = TorchExactBackend(96, device="cuda", dtype="int8")
+    deq = TorchExactBackend(96, device="cuda", dtype="int8", int_mm=False)
+    for be in (q8, deq):
+        be.add(ids, x)
+        got = be.search(q, 10)[1]
+        assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, want)]) >= 0.95
+    assert q8.memory_bytes == 30000 * (96 + 4 + 8)

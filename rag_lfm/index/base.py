@@ -47,6 +47,12 @@ class IndexBackend(Protocol):
     than k vectors qualify. ``allowed`` restricts the search to those ids (a metadata
     filter) inside the index itself, so a selective filter still returns k hits when k
     exist.
+
+    Optional, where a backend has them: ``is_trained`` / ``train(sample)`` (indexes with
+    codebooks), ``set_params(nprobe=, efSearch=, k_factor=)`` (search parameters),
+    ``memory_report()`` (resident / mapped / disk bytes), ``supports_remove`` and
+    ``masked_share`` (deletions masked until compaction). The families and their
+    capabilities: :mod:`rag_lfm.index.families`.
     """
 
     factory: str
