@@ -159,7 +159,7 @@ def test_replug_through_rag_lfm_serve_equals_in_process(serve_process, chars_mod
     remote = openai_reader(url, chars_model, one_shot=False)
     # the same model, decoding freely (no copy constraint, no rescoring: an endpoint cannot do those)
     local = TransformersReader(chars_model, device="cpu", max_new_tokens=8, constrain="none", candidates="none",
-                               one_shot=False)
+                               one_shot=False, answer_starts=1, drop_echoes=False)
     questions = QUESTIONS[:3]
     passages = kb.search_batch(questions, 3)
     for strategy in ("replug", "in-context"):

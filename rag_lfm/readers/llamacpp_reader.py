@@ -40,7 +40,7 @@ import numpy as np
 
 from rag_lfm.errors import ConfigError, ModelNotFoundError
 from rag_lfm.readers.base import Capabilities, PromptTooLongError, check_reader, check_strategy
-from rag_lfm.readers.prompts import PromptBuilder, PromptParts, extractive_answer, make_answer, plan_prompts
+from rag_lfm.readers.prompts import PromptBuilder, PromptParts, extractive_answer, keep_candidates, make_answer, plan_prompts
 from rag_lfm.readers.streaming import TextAssembler, thread_stream
 from rag_lfm.readers.transformers_reader import _CopyConstraint, _first_line, _holds_span, word_edges
 from rag_lfm.readers.types import Answer, Completion
@@ -148,8 +148,9 @@ class LlamaCppReader:
         n_threads: CPU threads (default: llama.cpp's choice, the physical cores).
         n_gpu_layers: layers offloaded to a GPU when llama.cpp was built with one (0: CPU only).
         max_new_tokens, max_passage_tokens, min_passage_tokens, replug_temperature, stop_at_newline,
-        use_chat_template, constrain, one_shot, candidates: as for
-            :class:`~rag_lfm.readers.TransformersReader`, with the same defaults.
+        use_chat_template, constrain, one_shot, candidates, answer_starts, drop_echoes: as for
+            :class:`~rag_lfm.readers.TransformersReader`, with the same defaults (alternative
+            starts are decoded one after another here: llama.cpp runs one sequence at a time).
         state_memory_mb: under REPLUG the k prompts take turns in llama.cpp's one KV cache; each
             prompt's cache is saved after its turn and restored at the next (a copy, instead of
             re-evaluating its passage), within this many MiB (past it, prompts are re-evaluated).
@@ -175,6 +176,8 @@ class LlamaCppReader:
         constrain: str = "copy",
         one_shot: bool = True,
         candidates: str = "titles",
+        answer_starts: int = 4,
+        drop_echoes: bool = True,
         state_memory_mb: float = 512.0,
         verbose: bool = False,
     ) -> None:
@@ -190,6 +193,8 @@ class LlamaCppReader:
             raise ConfigError(f"candidates {candidates!r} is not valid; use 'titles' or 'none'")
         if replug_temperature <= 0:
             raise ConfigError(f"replug_temperature must be > 0, got {replug_temperature!r}")
+        if not isinstance(answer_starts, int) or not 1 <= answer_starts <= 16:
+            raise ConfigError(f"answer_starts must be an int from 1 to 16, got {answer_starts!r}")
         self.model_ref = str(model)
         self.name = Path(self.model_ref).stem if self.model_ref.endswith(".gguf") else Path(self.model_ref).name
         self.n_ctx = int(n_ctx)
@@ -204,6 +209,8 @@ class LlamaCppReader:
         self.constrain = constrain
         self.one_shot = one_shot
         self.candidates = candidates
+        self.answer_starts = answer_starts
+        self.drop_echoes = bool(drop_echoes)
         self.verbose = verbose
         self.state_memory_mb = float(state_memory_mb)
         self.context_window = self.n_ctx
@@ -343,13 +350,15 @@ class LlamaCppReader:
         stop: np.ndarray | None = None,
         on_token: Callable[[int], bool | None] | None = None,
         on_logits: Callable[[np.ndarray], None] | None = None,
+        first: int | None = None,
     ) -> tuple[list[int], str]:
         """Greedy decoding of one question: one prompt, or (REPLUG) one per passage mixed with ``weights``.
 
         The same rule as :meth:`TransformersReader._decode`: a stop token ends the answer;
         under the copy constraint each prompt may only continue a span of its own passage,
         a stop is allowed once the answer has a token, and (REPLUG) a prompt whose span
-        can no longer continue drops out of the mixture.
+        can no longer continue drops out of the mixture. ``first`` forces the first token (an
+        alternative start, see :meth:`_first_tokens`).
         """
         stop = self._stop if stop is None else stop
         rows = [list(p) for p in prompts]
@@ -380,7 +389,9 @@ class LlamaCppReader:
                     lg = np.where(ok, lg, -np.inf)
                 alive.append(True)
                 lps.append(lg)
-            if weights is None:
+            if step == 0 and first is not None:
+                tok = int(first)
+            elif weights is None:
                 tok = int(np.argmax(lps[0]))
             elif not any(alive):
                 reason = "stop"
@@ -415,23 +426,41 @@ class LlamaCppReader:
         lp = _log_softmax(self._next_logits(seq, row))
         return total + float(np.logaddexp.reduce(lp[self._stop]))
 
-    def _rescore(self, parts: list[PromptParts], weights: list[float] | None, decoded: list[int],
-                 copy: bool) -> tuple[list[int], list[dict[str, Any]]]:
-        """The decoded answer against the passages' titles, each scored whole (as TransformersReader does)."""
+    def _first_tokens(self, parts: list[PromptParts], weights: list[float] | None, copy: bool, n: int) -> list[int]:
+        """The ``n`` likeliest first answer tokens (copy-constrained; REPLUG-mixed), best first."""
+        mixed = None
+        for r, p in enumerate(parts):
+            lg = self._next_logits(p.ids, row=r if len(parts) > 1 else None).astype(np.float64)
+            if copy:
+                ok = np.zeros(lg.shape[0], dtype=bool)
+                allowed = _CopyConstraint(p.context_ids or [], self._word_edges).allowed()
+                ok[allowed] = True
+                lg = np.where(ok, lg, -np.inf)
+            lg = np.where(self._stop, -np.inf, lg)
+            if not np.isfinite(lg).any():
+                continue
+            probs = np.exp(_log_softmax(lg)) * (1.0 if weights is None else weights[r])
+            mixed = probs if mixed is None else mixed + probs
+        if mixed is None:
+            return []
+        order = np.argsort(-mixed)[:n]
+        return [int(t) for t in order if mixed[t] > 0]
+
+    def _rescore(self, parts: list[PromptParts], weights: list[float] | None, decoded: list[tuple[list[int], str]],
+                 copy: bool, question: str | None) -> tuple[list[int], list[dict[str, Any]]]:
+        """The decoded answers (and the passages' titles) scored whole, as TransformersReader does; returns
+        the best and the scored candidates. ``decoded`` holds each start's tokens and finish reason."""
         tok = self._tokenizer
-        titles = dict.fromkeys(c.title for p in parts for c in p.citations if c.title)
-        options: list[tuple[list[int], str]] = []
-        seen: set[str] = set()
-        for ids, kind in [(decoded, "decoded")] + [(tok(" " + t, add_special_tokens=False)["input_ids"], "title")
-                                                  for t in titles]:
-            key = _first_line(tok.decode(ids, skip_special_tokens=True)).lower()
-            if ids and key and key not in seen:
-                seen.add(key)
-                options.append((list(ids), kind))
+        titles = dict.fromkeys(c.title for p in parts for c in p.citations if c.title) if self.candidates == "titles" else {}
+        pool = [(ids, "decoded" if j == 0 else "start") for j, (ids, _) in enumerate(decoded)]
+        pool += [(tok(" " + t, add_special_tokens=False)["input_ids"], "title") for t in titles]
+        texts = [_first_line(tok.decode(ids, skip_special_tokens=True)) for ids, _ in pool]
+        cut = {j for j, (_, why) in enumerate(decoded) if why == "length"} if len(decoded) > 1 else set()
+        options = [pool[i] for i in keep_candidates(texts, question, cut)]
         if len(options) < 2:
-            return decoded, []
+            return (options[0][0] if options else decoded[0][0]), []
         found = []
-        best, best_score = decoded, float("-inf")
+        best, best_score = options[0][0], float("-inf")
         for ids, kind in options:
             rows = list(range(len(parts)))
             if weights is not None and copy:
@@ -490,13 +519,20 @@ class LlamaCppReader:
             self._states.clear()  # saved caches belong to one question's prompts
             parts, weights = plan_prompts(self.prompts, question, passages, strategy, self.replug_temperature)
             copy = self.constrain == "copy" and strategy != "closed-book"
-            gen, reason = self._decode([p.ids for p in parts], weights,
-                                       copy_from=[p.context_ids or [] for p in parts] if copy else None)
+            copy_from = [p.context_ids or [] for p in parts] if copy else None
+            runs = [self._decode([p.ids for p in parts], weights, copy_from=copy_from)]
+            if self.answer_starts > 1 and strategy != "closed-book":
+                # Alternative starts: the next likeliest first tokens, each continued greedily.
+                firsts = self._first_tokens(parts, weights, copy, self.answer_starts)
+                head = runs[0][0][:1]
+                runs += [self._decode([p.ids for p in parts], weights, copy_from=copy_from, first=t)
+                         for t in firsts if [t] != head][: self.answer_starts - 1]
+            gen, reason = runs[0]
             scored: list[dict[str, Any]] = []
-            if self.candidates == "titles" and strategy != "closed-book":
-                best, scored = self._rescore(parts, weights, gen, copy)
+            if strategy != "closed-book" and (self.candidates == "titles" or len(runs) > 1 or self.drop_echoes):
+                best, scored = self._rescore(parts, weights, runs, copy, question if self.drop_echoes else None)
                 if best is not gen:
-                    gen, reason = best, "stop"
+                    gen, reason = best, next((why for ids, why in runs if ids is best), "stop")
             self._states.clear()
         text = _first_line(self._tokenizer.decode(gen, skip_special_tokens=True))
         answer = make_answer(question, strategy, parts, text, model=self.name, generated_tokens=len(gen),

@@ -416,3 +416,35 @@ class ApproxTokenizer:
     def __len__(self) -> int:
         return len(self._pieces)
 
+
+
+# Among alternative answers, one of more words than this is a copied sentence, not a name or phrase.
+MAX_ANSWER_WORDS = 8
+
+
+def keep_candidates(texts: Sequence[str], question: str | None, demoted: set[int] | frozenset[int] = frozenset()) -> list[int]:
+    """Which candidate answers compete: the indices of ``texts`` kept, in order (the rule every local reader uses).
+
+    Empty texts and repeats (after SQuAD normalisation) are dropped. A candidate that only repeats
+    words of ``question`` ("John Lennon" to "Who was John Lennon's songwriting partner?"), or is in
+    ``demoted`` (e.g. it ran to the token limit without ending), or holds more than
+    ``MAX_ANSWER_WORDS`` words among several candidates (a copied sentence) competes only when
+    nothing else is left.
+
+    Example:
+        >>> keep_candidates(["John Lennon", "Paul McCartney", "paul mccartney"], "Who was John Lennon's partner?")
+        [1]
+    """
+    from rag_lfm.eval.qa import normalize_answer
+
+    echo = f" {normalize_answer(question)} " if question else None
+    seen: set[str] = set()
+    kept, last_resort = [], []
+    for i, text in enumerate(texts):
+        key = normalize_answer(text)
+        if not key or key in seen:
+            continue
+        seen.add(key)
+        weak = (echo is not None and f" {key} " in echo) or i in demoted or (len(texts) > 1 and len(key.split()) > MAX_ANSWER_WORDS)
+        (last_resort if weak else kept).append(i)
+    return kept or last_resort

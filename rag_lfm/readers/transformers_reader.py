@@ -33,7 +33,7 @@ import numpy as np
 
 from rag_lfm.errors import ConfigError, ModelNotFoundError
 from rag_lfm.readers.base import Capabilities, PromptTooLongError, check_reader, check_strategy
-from rag_lfm.readers.prompts import PromptBuilder, PromptParts, extractive_answer, make_answer, plan_prompts
+from rag_lfm.readers.prompts import PromptBuilder, PromptParts, extractive_answer, keep_candidates, make_answer, plan_prompts
 from rag_lfm.readers.streaming import TextAssembler, thread_stream
 from rag_lfm.readers.types import Answer, Completion
 from rag_lfm.types import Hit
@@ -79,10 +79,6 @@ def _holds_span(tokens: list[int], span: list[int]) -> bool:
     n = len(span)
     first = span[0] if span else None
     return any(tokens[i : i + n] == span for i, t in enumerate(tokens) if t == first)
-
-
-# Among alternative answers, one of more words than this is a copied sentence, not a name or phrase.
-MAX_ANSWER_WORDS = 8
 
 
 def word_edges(pieces: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -419,7 +415,7 @@ class TransformersReader:
         default to the reader's; ``on_logits`` sees each step's raw logits (rows, V).
         With ``starts = n > 1`` each group is decoded ``n`` times, from its ``n`` likeliest
         first tokens (each continued greedily), and the ``n`` answers compete as candidates;
-        ``echo`` (one normalised question per group) drops candidates the question itself
+        ``echo`` (each group's question) drops candidates the question itself
         holds (see :meth:`_choose`). Returns the generated ids and the finish reason of each group.
         """
         torch = _torch()
@@ -590,29 +586,14 @@ class TransformersReader:
     ) -> tuple[list[int], list[list[dict[str, Any]]]]:
         """Pick each group's answer among its options (decoded answers, alternative starts, titles).
 
-        Options that are empty or repeat another are dropped. Options that (with ``echo``) only
-        repeat words of the question -- "John Lennon" to "Who was John Lennon's songwriting
-        partner?" -- or, among alternative starts (``unfinished`` given), ran to ``max_new_tokens``
-        without ending or hold more than ``MAX_ANSWER_WORDS`` words -- a copied sentence rather
-        than an answer -- are kept only when nothing else is left. The rest are
+        Which options compete is :func:`~rag_lfm.readers.prompts.keep_candidates`'s rule (``echo``:
+        the questions; ``unfinished``: options that ran to ``max_new_tokens`` without ending). The rest are
         scored whole by :meth:`_rescore`. Returns the index of the chosen option per group and
         the scored candidates (``Answer.candidates``).
         """
-        from rag_lfm.eval.qa import normalize_answer
-
-        kept: list[list[int]] = []
-        for g, opts in enumerate(options):
-            seen: set[str] = set()
-            idx, echoes = [], []
-            for i, (ids, _kind) in enumerate(opts):
-                key = normalize_answer(self._text(ids)) if ids else ""
-                if not key or key in seen:
-                    continue
-                seen.add(key)
-                is_echo = echo is not None and f" {key} " in f" {echo[g]} "
-                cut = unfinished is not None and (i in unfinished[g] or len(key.split()) > MAX_ANSWER_WORDS)
-                (echoes if is_echo or cut else idx).append(i)
-            kept.append(idx or echoes)
+        kept = [keep_candidates([self._text(ids) if ids else "" for ids, _ in opts], echo[g] if echo else None,
+                                unfinished[g] if unfinished is not None else frozenset())
+                for g, opts in enumerate(options)]
         scores = self._rescore(cache, prompt_state, row_group, w, [[options[g][i][0] for i in kept[g]] for g in range(len(options))],
                                contexts, stride=stride)
         best, found = [], []
@@ -980,9 +961,7 @@ class TransformersReader:
             candidates = [self._title_ids(parts) for parts, _ in plans]
         echo = None
         if self.drop_echoes and questions is not None and strategy != "closed-book":
-            from rag_lfm.eval.qa import normalize_answer
-
-            echo = [normalize_answer(q) for q in questions]
+            echo = list(questions)
         gen, reasons = self._decode(
             prompts, groups, weights if strategy == "replug" else None, len(plans),
             copy_from=self._copy_from(strategy, contexts), prefix_len=plans[0][0][0].prefix_len,
