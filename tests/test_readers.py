@@ -167,15 +167,15 @@ def test_citations_carry_ids_sources_scores(reader):
 
 
 def test_streaming_yields_the_answer(reader):
-    # Streaming yields the decoded answer as it comes (no rescoring of whole candidates).
+    # Streaming yields the greedy decoded answer as it comes (no candidates scored whole).
     try:
-        reader.candidates = "none"
+        reader.candidates, reader.answer_starts, reader.drop_echoes = "none", 1, False
         pieces = list(reader.stream(QUESTIONS[2], hits(3)))
         assert "".join(pieces).strip().split("\n")[0].strip() == reader.generate(QUESTIONS[2], hits(3)).text
         rp = "".join(reader.stream(QUESTIONS[2], hits(3), strategy="replug")).strip()
         assert rp == reader.generate(QUESTIONS[2], hits(3), strategy="replug").text
     finally:
-        reader.candidates = "titles"
+        reader.candidates, reader.answer_starts, reader.drop_echoes = "titles", 4, True
 
 
 def _full_forward_score(reader, prompt_ids: list[int], answer_ids: list[int]) -> float:
@@ -214,9 +214,15 @@ def test_rescored_candidates_match_an_uncached_forward_pass(reader, strategy):
 
 
 def test_candidates_none_keeps_the_decoded_answer(tiny_chat):
-    plain = TransformersReader(tiny_chat, device="cpu", max_new_tokens=6, max_passage_tokens=40, candidates="none")
+    plain = TransformersReader(tiny_chat, device="cpu", max_new_tokens=6, max_passage_tokens=40, candidates="none",
+                               answer_starts=1, drop_echoes=False)
     a = plain.generate(QUESTIONS[0], hits(3))
     assert a.candidates == [] and a.text
+    starts = TransformersReader(tiny_chat, device="cpu", max_new_tokens=6, max_passage_tokens=40, candidates="none")
+    b = starts.generate(QUESTIONS[0], hits(3))  # the default: 4 alternative starts compete
+    assert {c["source"] for c in b.candidates} <= {"decoded", "start"} and b.text in {c["text"] for c in b.candidates} | {a.text}
+    with pytest.raises(ConfigError, match="answer_starts must be an int from 1 to 16"):
+        TransformersReader(tiny_chat, answer_starts=0)
     with pytest.raises(ConfigError, match="candidates"):
         TransformersReader(tiny_chat, candidates="everything")
 
