@@ -229,7 +229,7 @@ def delete(
 
 
 # Commands contributed by the companion modules: each exposes register(app, eval_app).
-PLUGIN_MODULES = ["rag_lfm.retrieval.cli", "rag_lfm.readers.cli", "rag_lfm.tradeoffs.cli"]
+PLUGIN_MODULES = ["rag_lfm.retrieval.cli", "rag_lfm.readers.cli", "rag_lfm.tradeoffs.cli", "rag_lfm.distill.cli"]
 for _name in PLUGIN_MODULES:
     if importlib.util.find_spec(_name) is not None:
         importlib.import_module(_name).register(app, eval_app)
