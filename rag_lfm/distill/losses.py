@@ -19,7 +19,7 @@ Example:
     >>> import torch
     >>> t = Targets(tokens=torch.tensor([1]), top_idx=torch.tensor([[1, 2]]), top_lp=torch.tensor([[-0.1, -2.4]]))
     >>> round(float(kl_loss(torch.tensor([[0.0, 4.0, 1.0]]), t, temperature=1.0)), 3)
-    0.002
+    0.034
 """
 
 from __future__ import annotations
