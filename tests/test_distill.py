@@ -286,3 +286,23 @@ def test_cli_distill_then_ask_with_the_student(teacher_folder, kb, tmp_path):
     res = CliRunner().invoke(app, ["distill", str(kb.path), "--teacher", "beam:3", "--out", str(tmp_path / "x"),
                                    "--teacher-model", teacher_folder, "--data", str(data)])
     assert res.exit_code == 2 and "teacher 'beam:3' has an unknown strategy" in res.output
+
+
+def test_shared_prefix_gives_the_same_logits_and_trains(teacher, kb):
+    from rag_lfm.distill.cache import answer_logits
+    from rag_lfm.readers.prompts import plan_prompts
+
+    model, tok, _ = build_student(teacher.model, teacher.tokenizer, StudentSpec(layers=2))
+    pb = _prompts(teacher, tok)
+    prompts, targets = [], []
+    for q in QUESTIONS[:3]:
+        parts, _ = plan_prompts(pb, q, kb.search(q, k=2), "in-context", 0.05)
+        prompts.append(parts[0].ids)
+        targets.append(answer_ids(tok, "Eiffel Tower" if "tower" in q else "Nile"))
+    prefix = parts[0].prefix_len
+    assert prefix > 10
+    plain = answer_logits(model, prompts, targets, int(tok.pad_token_id))
+    shared = answer_logits(model, prompts, targets, int(tok.pad_token_id), prefix)
+    assert torch.allclose(plain, shared, atol=1e-4)
+    shared.logsumexp(-1).sum().backward()  # gradients reach the layers through the answer positions
+    assert model.model.layers[0].mlp.up_proj.weight.grad.abs().sum() > 0

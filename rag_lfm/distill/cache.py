@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -85,22 +86,44 @@ def _pad_right(seqs: list[list[int]], pad: int):
     return ids, mask
 
 
-def answer_logits(model: Any, prompts: Sequence[list[int]], targets: Sequence[list[int]], pad_id: int):
+def answer_logits(model: Any, prompts: Sequence[list[int]], targets: Sequence[list[int]], pad_id: int,
+                  prefix_len: int = 0):
     """The model's logits at every position that predicts a target token: a (sum of len(targets), V) tensor.
 
-    Each row is ``prompt + target[:-1]`` (right-padded, so positions are the plain 0..n-1);
-    only the rows' answer positions go through the output head (a prompt of 300 tokens
-    would otherwise cost 300 x 49k logits per row).
+    Each row is ``prompt + target[:-1]`` (right-padded, so pads come after everything a row attends
+    to); only the answer positions go through the output head (a prompt of 300 tokens would
+    otherwise cost 300 x 49k logits per row). With ``prefix_len``, the leading tokens every prompt
+    shares (system text and worked examples: about half of a one-passage prompt) run once, without
+    gradients, and their keys and values serve every row -- as the reader runs them at inference.
+    Training then moves how the weights read the passages, question and answer, not how they read
+    the fixed instructions (the prefix is recomputed with the current weights at every step).
     """
     import torch
 
-    seqs = [list(p) + list(t[:-1]) for p, t in zip(prompts, targets)]
-    ids, mask = _pad_right(seqs, pad_id)
     device = next(model.parameters()).device
-    hidden = model.get_decoder()(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+    decoder = model.get_decoder()
+    shared = min(int(prefix_len), min(len(p) for p in prompts) - 1) if prefix_len else 0
+    if shared > 0 and any(list(p[:shared]) != list(prompts[0][:shared]) for p in prompts):
+        shared = 0
+    kwargs: dict[str, Any] = {}
+    if shared > 0:
+        # newer transformers name the argument `cache` (past_key_values is deprecated there)
+        cache_kw = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+        with torch.no_grad():
+            head = torch.tensor([list(prompts[0][:shared])], dtype=torch.long, device=device)
+            out = decoder(input_ids=head, use_cache=True)
+            cache = getattr(out, "cache", None) or out.past_key_values
+        cache.batch_repeat_interleave(len(prompts))
+        kwargs = {cache_kw: cache, "use_cache": True}
+    seqs = [list(p[shared:]) + list(t[:-1]) for p, t in zip(prompts, targets)]
+    ids, mask = _pad_right(seqs, pad_id)
+    if shared > 0:
+        kwargs["position_ids"] = torch.arange(shared, shared + ids.shape[1], device=device)[None].expand(len(seqs), -1)
+        mask = torch.cat([torch.ones((len(seqs), shared), dtype=mask.dtype), mask], dim=1)
+    hidden = decoder(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs).last_hidden_state
     rows, cols = [], []
     for r, (p, t) in enumerate(zip(prompts, targets)):
-        start = len(p) - 1
+        start = len(p) - 1 - shared
         rows.extend([r] * len(t))
         cols.extend(range(start, start + len(t)))
     picked = hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
@@ -163,10 +186,12 @@ def teacher_distributions(reader: Any, spec: TeacherSpec, questions: Sequence[st
 
     model, tok = reader.model, reader.tokenizer
     rows_p, rows_t, rows_q, rows_w = [], [], [], []
+    prefix = 0
     for q, (question, hits, answer) in enumerate(zip(questions, passages, answers)):
         parts, weights = plan_prompts(reader.prompts, question, list(hits) if spec.strategy != "closed-book" else [],
                                       spec.strategy, reader.replug_temperature)
         target = answer_ids(tok, answer)
+        prefix = parts[0].prefix_len
         for j, p in enumerate(parts):
             rows_p.append(p.ids)
             rows_t.append(target)
@@ -176,7 +201,7 @@ def teacher_distributions(reader: Any, spec: TeacherSpec, questions: Sequence[st
     with torch.inference_mode():
         for lo in range(0, len(rows_p), reader.batch_size):
             hi = lo + reader.batch_size
-            logits = answer_logits(model, rows_p[lo:hi], rows_t[lo:hi], int(tok.pad_token_id)).float()
+            logits = answer_logits(model, rows_p[lo:hi], rows_t[lo:hi], int(tok.pad_token_id), prefix).float()
             probs = torch.softmax(logits, -1)
             at = 0
             for r in range(lo, min(hi, len(rows_p))):

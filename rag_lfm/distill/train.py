@@ -41,6 +41,7 @@ class TrainExample:
     target: list[int]
     top_idx: Any = None
     top_lp: Any = None
+    prefix_len: int = 0  # leading prompt tokens shared by every example (run once per batch, no gradients)
 
 
 @dataclass
@@ -121,7 +122,7 @@ def build_examples(
         parts, _ = plan_prompts(prompts, rec["question"], hits, strategy, replug_temperature)
         text = rec["teacher_answer"] if TARGET_OF[loss] == "teacher" else rec["answers"][0]
         target = answer_ids(tokenizer, text)
-        ex = TrainExample(str(rec["id"]), list(parts[0].ids), target)
+        ex = TrainExample(str(rec["id"]), list(parts[0].ids), target, prefix_len=parts[0].prefix_len)
         if loss == "kl":
             ex.top_idx, ex.top_lp = cache.tensors(rec)
             if ex.top_idx.shape[0] != len(target):
@@ -147,7 +148,8 @@ def _targets(batch: Sequence[TrainExample]) -> Targets:
 def batch_loss(model: Any, batch: Sequence[TrainExample], config: TrainConfig, pad_id: int) -> Any:
     """The configured loss of ``model`` on one batch (a scalar with a graph when gradients are on)."""
     device = next(model.parameters()).device
-    logits = answer_logits(model, [ex.prompt for ex in batch], [ex.target for ex in batch], pad_id)
+    logits = answer_logits(model, [ex.prompt for ex in batch], [ex.target for ex in batch], pad_id,
+                           min(ex.prefix_len for ex in batch))
     t = _targets(batch)
     t = Targets(t.tokens.to(device), None if t.top_idx is None else t.top_idx.to(device),
                 None if t.top_lp is None else t.top_lp.to(device))
@@ -166,7 +168,8 @@ def mean_kl(model: Any, examples: Sequence[TrainExample], pad_id: int, *, temper
     with torch.no_grad():
         for lo in range(0, len(examples), batch_size):
             batch = examples[lo : lo + batch_size]
-            logits = answer_logits(model, [e.prompt for e in batch], [e.target for e in batch], pad_id)
+            logits = answer_logits(model, [e.prompt for e in batch], [e.target for e in batch], pad_id,
+                                   min(e.prefix_len for e in batch))
             positions = logits.shape[0]
             total += float(kl_loss(logits, _targets(batch), temperature=temperature)) * positions
             n += positions
