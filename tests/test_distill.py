@@ -306,3 +306,18 @@ def test_shared_prefix_gives_the_same_logits_and_trains(teacher, kb):
     assert torch.allclose(plain, shared, atol=1e-4)
     shared.logsumexp(-1).sum().backward()  # gradients reach the layers through the answer positions
     assert model.model.layers[0].mlp.up_proj.weight.grad.abs().sum() > 0
+
+
+def test_frozen_lower_layers_keep_the_teachers_weights(teacher, kb, tmp_path):
+    build_teacher_cache(teacher, kb, examples(4), TeacherSpec.parse("in-context:1"), tmp_path / "cache", top_k=4,
+                        progress=False)
+    model, tok, _ = build_student(teacher.model, teacher.tokenizer, StudentSpec())  # a full copy, 4 layers
+    data = build_examples(TeacherCache(tmp_path / "cache"), tok, _prompts(teacher, tok), "in-context", "kl")
+    train_student(model, data, TrainConfig(lr=1e-2, batch_size=2, freeze_layers=2), tmp_path / "ckpt",
+                  pad_id=int(tok.pad_token_id), progress=False)
+    t = teacher.model.state_dict()
+    for name, value in model.state_dict().items():
+        if "rotary" in name or name == "model.norm.weight":
+            continue  # buffers; the final norm trains (a weight vector of ones may or may not move far)
+        frozen = ".layers.0." in name or ".layers.1." in name or "embed_tokens" in name or "lm_head" in name
+        assert torch.equal(value, t[name]) == frozen, name

@@ -57,6 +57,9 @@ class TrainConfig:
         freeze_embeddings: keep the (tied) input embeddings and output head at the teacher's
             values: a third of a 135M model's weights, which a few hundred questions would only
             disturb; training then moves the decoder layers and norms.
+        freeze_layers: keep the first N decoder layers at their initial weights too: backpropagation
+            then stops at layer N, which cuts a step's cost (a one-pass student of a full-size teacher
+            trains its upper layers only).
         checkpoint_every: optimizer steps between checkpoints.
         seed: the data order of every epoch.
     """
@@ -70,6 +73,7 @@ class TrainConfig:
     batch_size: int = 4
     grad_clip: float = 1.0
     freeze_embeddings: bool = True
+    freeze_layers: int = 0
     checkpoint_every: int = 25
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -227,10 +231,15 @@ def train_student(
         raise ConfigError("train_student() got no examples")
     folder = Path(checkpoints)
     folder.mkdir(parents=True, exist_ok=True)
+    from rag_lfm.distill.student import _LAYER_KEY
+
     params = []
     for name, p in model.named_parameters():
         frozen = config.freeze_embeddings and (p is model.get_input_embeddings().weight
                                                or p is model.get_output_embeddings().weight)
+        m = _LAYER_KEY.match(name)
+        if m is not None and int(m.group("i")) < config.freeze_layers:
+            frozen = True
         p.requires_grad_(not frozen)
         if not frozen:
             params.append(p)
