@@ -90,6 +90,8 @@ def prune_layers(model: Any, keep: int) -> tuple[Any, list[int]]:
         )
     if getattr(config, "tie_word_embeddings", False):
         student.tie_weights()
+    if getattr(model, "generation_config", None) is not None:
+        student.generation_config = copy.deepcopy(model.generation_config)  # the same stop tokens
     student.float()
     return student, kept
 
