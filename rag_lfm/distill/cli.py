@@ -35,6 +35,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         max_steps: Annotated[Optional[int], typer.Option(help="Cap on optimizer steps.")] = None,
         lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 5e-5,
         batch_size: Annotated[int, typer.Option(help="Sequences per optimizer step.")] = 4,
+        freeze_layers: Annotated[int, typer.Option(help="Keep the first N decoder layers at the teacher's weights (cheaper steps).")] = 0,
         temperature: Annotated[float, typer.Option(help="KL temperature (loss kl).")] = 2.0,
         top_k: Annotated[int, typer.Option(help="Teacher tokens cached per answer position.")] = 32,
         max_passage_tokens: Annotated[Optional[int], typer.Option(help="Passages cut to this many tokens (default: the reader's).")] = None,
@@ -59,7 +60,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
 
                 examples = load_qa_jsonl(data)
             config = TrainConfig(loss=loss, temperature=temperature, epochs=epochs, max_steps=max_steps, lr=lr,
-                                 batch_size=batch_size, seed=seed)
+                                 batch_size=batch_size, seed=seed, freeze_layers=freeze_layers)
             kwargs = {"device": device}
             if max_passage_tokens is not None:
                 kwargs["max_passage_tokens"] = max_passage_tokens

@@ -83,6 +83,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "checkpoint_every"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if int(self.freeze_layers) < 0:
+            raise ConfigError(f"freeze_layers must be >= 0, got {self.freeze_layers!r}")
         if self.lr <= 0 or self.temperature <= 0:
             raise ConfigError(f"lr and temperature must be > 0, got lr={self.lr!r}, temperature={self.temperature!r}")
 
