@@ -54,6 +54,7 @@ def main() -> None:
     ap.add_argument("--losses", default="kl,gold", help="comma list: kl, seq, gold (gold is the no-KD control)")
     ap.add_argument("--max-passage-tokens", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--onepass-epochs", type=int, default=None, help="epochs of the one-pass students (default --epochs)")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--temperature", type=float, default=2.0)
@@ -97,7 +98,8 @@ def main() -> None:
         for loss in losses:
             out = work / f"{group}-{loss}"
             timing = work / f"{group}-{loss}.timing.json"
-            config = TrainConfig(loss=loss, temperature=args.temperature, epochs=args.epochs, lr=args.lr,
+            epochs = args.onepass_epochs if group == "onepass" and args.onepass_epochs else args.epochs
+            config = TrainConfig(loss=loss, temperature=args.temperature, epochs=epochs, lr=args.lr,
                                  batch_size=args.batch_size, seed=args.seed, checkpoint_every=8,
                                  freeze_layers=freeze[group])
             t0 = time.perf_counter()

@@ -106,6 +106,20 @@ def load_card(folder: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def _finished(out: Path, spec: TeacherSpec, sspec: StudentSpec, config: TrainConfig, fingerprint: str,
+              n_examples: int) -> dict[str, Any] | None:
+    """The card of a student at ``out`` made by exactly this run (teacher, student, training, data), else None."""
+    try:
+        card = load_card(out)
+    except ConfigError:
+        return None
+    same = (card.get("train") == config.to_dict() and card.get("requested_examples") == n_examples
+            and card["teacher"].get("weights_sha256") == fingerprint
+            and (card["teacher"].get("strategy"), card["teacher"].get("k")) == (spec.strategy, spec.k)
+            and (card["student"].get("layers"), card["student"].get("path")) == (sspec.layers, sspec.path))
+    return card if same else None
+
+
 def distill(
     source: Any,
     *,
@@ -164,6 +178,14 @@ def distill(
     before = reader.weights_fingerprint()
     cache_stats = build_teacher_cache(reader, source, examples, spec, work / "teacher-cache", top_k=top_k, progress=progress)
     cache = TeacherCache(work / "teacher-cache")
+    done = _finished(out, spec, sspec, config, before, len(examples))
+    if done is not None:  # this very student is already trained and saved: nothing to redo
+        return DistillReport(out=str(out), teacher=str(spec), student=str(sspec), strategy=done["strategy"], k=done["k"],
+                             loss=config.loss, parameters=done["student"]["parameters"],
+                             teacher_parameters=done["teacher"]["parameters"], examples=done["examples"],
+                             cache=cache_stats, steps=done["steps"], resumed_from=done["steps"],
+                             kl_before=done["kl_before"], kl_after=done["kl_after"],
+                             seconds=time.perf_counter() - start, history=[])
     model, tokenizer, info = build_student(reader.model, reader.tokenizer, sspec)
     model.to(reader.device)
     from rag_lfm.readers.prompts import PromptBuilder
@@ -180,7 +202,7 @@ def distill(
     kl_examples = None
     if measure_kl and info["same_tokenizer"]:
         kl_examples = build_examples(cache, tokenizer, prompts, spec.student_strategy, "kl",
-                                     replug_temperature=reader.replug_temperature)[:32]
+                                     replug_temperature=reader.replug_temperature)[:16]
         kl_before = mean_kl(model, kl_examples, pad_id)
     result = train_student(model, train_examples, config, work / "checkpoints" / f"{config.loss}-{sspec}".replace("/", "_"),
                            pad_id=pad_id, progress=progress)
@@ -194,7 +216,8 @@ def distill(
                                      "parameters": teacher_params},
             "student": {**sspec.to_dict(), **info}, "strategy": spec.student_strategy, "k": spec.k,
             "reader_options": reader_options(reader), "train": config.to_dict(), "examples": len(train_examples),
-            "steps": result["steps"], "kl_before": kl_before, "kl_after": kl_after}
+            "steps": result["steps"], "kl_before": kl_before, "kl_after": kl_after,
+            "requested_examples": len(examples)}
     model.to(torch.float32)
     save_student(model, tokenizer, out, card)
     return DistillReport(out=str(out), teacher=str(spec), student=str(sspec), strategy=spec.student_strategy, k=spec.k,
