@@ -54,6 +54,8 @@ def main() -> None:
     ap.add_argument("--losses", default="kl,gold", help="comma list: kl, seq, gold (gold is the no-KD control)")
     ap.add_argument("--max-passage-tokens", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--onepass-n-train", type=int, default=None,
+                    help="training questions of the one-pass students (the first N of --n-train; default all)")
     ap.add_argument("--onepass-epochs", type=int, default=None, help="epochs of the one-pass students (default --epochs)")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--batch-size", type=int, default=4)
@@ -103,7 +105,8 @@ def main() -> None:
                                  batch_size=args.batch_size, seed=args.seed, checkpoint_every=8,
                                  freeze_layers=freeze[group])
             t0 = time.perf_counter()
-            rep = distill(kb, out=out, teacher=t_spec, student=s_spec, examples=train, teacher_reader=teacher,
+            examples = train[: args.onepass_n_train] if group == "onepass" and args.onepass_n_train else train
+            rep = distill(kb, out=out, teacher=t_spec, student=s_spec, examples=examples, teacher_reader=teacher,
                           work=work / f"{group}.work", top_k=args.top_k, config=config, progress=not args.json)
             took = time.perf_counter() - t0
             before = json.loads(timing.read_text()) if timing.exists() else {"seconds": 0.0}
