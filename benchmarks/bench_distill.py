@@ -64,6 +64,7 @@ def main() -> None:
     ap.add_argument("--stage", choices=["all", "train"], default="all", help="train: teacher caches and students only")
     ap.add_argument("--only", choices=["small", "onepass", "both"], default="both")
     ap.add_argument("--reference", action="store_true", help="also time the untrained teacher in-context with k=5")
+    ap.add_argument("--forward-reps", type=int, default=7, help="interleaved prefills of teacher vs smaller student (0: skip)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -161,6 +162,36 @@ def main() -> None:
             del student
     total = time.perf_counter() - t_all
 
+    # Load-robust model cost: the same prompts through the teacher and the smaller student, interleaved,
+    # median of several prefills (the machine is shared; end-to-end s/q drifts with other jobs' load).
+    forward: dict[str, float] = {}
+    small_dir = work / f"small-{losses[0]}"
+    if args.forward_reps and (small_dir / "distill.json").exists():
+        import statistics
+
+        from transformers import AutoModelForCausalLM
+
+        student_model = AutoModelForCausalLM.from_pretrained(small_dir, dtype=torch.float32).eval()
+        k = load_card(small_dir)["k"]
+        hits = kb.search_batch([e.query for e in test[:4]], k)
+        prompt_ids = [teacher.prompts.build(e.question, h).ids for e, h in zip(test[:4], hits)]
+        width = max(len(r) for r in prompt_ids)
+        ids = torch.tensor([[teacher.tokenizer.pad_token_id] * (width - len(r)) + r for r in prompt_ids])
+        mask = (torch.arange(width)[None] >= torch.tensor([width - len(r) for r in prompt_ids])[:, None]).long()
+        times: dict[str, list[float]] = {"teacher": [], "student": []}
+        with torch.inference_mode():
+            for _ in range(args.forward_reps):
+                for name, m in (("teacher", teacher.model), ("student", student_model)):
+                    t0 = time.perf_counter()
+                    m(input_ids=ids, attention_mask=mask, logits_to_keep=1)
+                    times[name].append(time.perf_counter() - t0)
+        forward = {f"{name}_prefill_s": statistics.median(v) for name, v in times.items()}
+        forward["prefill_speedup"] = forward["teacher_prefill_s"] / forward["student_prefill_s"]
+        forward["prompt_tokens"] = int(mask.sum())
+        print(f"prefill of {forward['prompt_tokens']} prompt tokens (4 test prompts, median of {args.forward_reps}, "
+              f"interleaved): teacher {forward['teacher_prefill_s']:.3f} s, {small_dir.name} "
+              f"{forward['student_prefill_s']:.3f} s, speed-up {forward['prefill_speedup']:.2f}x", flush=True)
+
     print(f"\n{'model':<26}{'strategy':<14}{'params':>12}{'EM':>7}{'F1':>7}{'in-ctx':>8}{'s/q':>8}{'gen tok/s':>10}"
           f"{'prompt tok/s':>13}{'EM ratio':>9}{'speed x':>8}")
     targets: dict[str, object] = {}
@@ -197,7 +228,7 @@ def main() -> None:
                                                        "kl_before": v["report"]["kl_before"],
                                                        "kl_after": v["report"]["kl_after"]}
                                        for (g, loss), v in trained.items()},
-                          "measure_seconds": round(total, 1)}, default=str))
+                          "forward": forward, "measure_seconds": round(total, 1)}, default=str))
 
 
 if __name__ == "__main__":
