@@ -206,3 +206,31 @@ def test_derived_pairs_forms():
     with pytest.raises(ConfigError, match="use any of description, lead"):
         derive_pairs(kb, ["title"])
     kb.close()
+
+
+def test_cli_tune_list_info_remove(synkb, tmp_path):
+    from typer.testing import CliRunner
+
+    from rag_lfm.cli import app
+
+    kb, pairs = synkb
+    f = tmp_path / "pairs.jsonl"
+    f.write_text("\n".join(json.dumps({"query": p.query, "doc_id": p.doc_id}) for p in pairs[:120]))
+    run = CliRunner().invoke
+    r = run(app, ["tune", "query-adapter", str(kb.path), "--pairs", str(f), "--kind", "linear", "--name", "cli",
+                  "--epochs", "3", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output.strip().splitlines()[-1])
+    assert out["name"] == "cli" and out["kind"] == "linear" and out["pairs"] > 0
+    r = run(app, ["info", str(kb.path)])
+    assert r.exit_code == 0 and "* cli: linear" in r.output, r.output
+    r = run(app, ["adapters", "list", str(kb.path), "--json"])
+    assert json.loads(r.output)["cli"]["active"] is True
+    r = run(app, ["search", str(kb.path), pairs[0].query, "-k", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    r = run(app, ["tune", "query-adapter", str(kb.path), "--pairs", str(f), "--rank", "0"])
+    assert r.exit_code == 2 and "rank 0 is out of range" in r.output
+    r = run(app, ["adapters", "remove", str(kb.path), "cli"])
+    assert r.exit_code == 0, r.output
+    r = run(app, ["adapters", "remove", str(kb.path), "cli"])
+    assert r.exit_code == 2 and "has no query adapter 'cli'" in r.output
