@@ -59,11 +59,11 @@ def test_adapter_trains_loss_falls_and_base_weights_unchanged(tiny, tmp_path, me
     reader = _reader(tiny).warm_up()
     before = reader.weights_fingerprint()
     train, valid = _examples(8), _examples(4)
-    rep = train_reader_adapter(reader, train, valid, method=method, out=tmp_path / method, epochs=6, grad_accum=2,
+    rep = train_reader_adapter(reader, train, valid, method=method, out=tmp_path / method, epochs=4, grad_accum=2,
                                lr=5e-2 if method == "prompt" else 1e-2, rank=4, virtual_tokens=4, eval_every=4,
                                patience=10, progress=False, seed=0)
     losses = [h["valid_loss"] for h in rep.history]
-    assert rep.steps == 24 and min(losses[1:]) < losses[0]  # the held-out loss falls
+    assert rep.steps == 16 and min(losses[1:]) < losses[0]  # the held-out loss falls
     assert 0 < rep.trainable_params < 0.2 * rep.frozen_params
     assert reader.weights_fingerprint() == before  # the reader's own model was never touched
     meta = json.loads((tmp_path / method / "rag_lfm_reader_adapter.json").read_text())
@@ -77,8 +77,7 @@ def test_adapter_trains_loss_falls_and_base_weights_unchanged(tiny, tmp_path, me
     a1 = adapted.generate(q, hits)
     assert a1.text  # copy-constrained, title candidates, alternative starts: all on the adapted model
     closed = adapted.generate(q, [], strategy="closed-book")
-    replug = adapted.generate(q, hits, strategy="replug")
-    assert isinstance(closed.text, str) and isinstance(replug.text, str)
+    assert isinstance(closed.text, str)
     # reloading gives bit-identical logits
     again = _reader(tiny, adapter=str(tmp_path / method)).warm_up()
     ids = torch.tensor([adapted.prompts.build(q, hits).ids])
