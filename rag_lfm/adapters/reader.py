@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import random
 import re
 import time
@@ -516,7 +515,7 @@ def train_reader_adapter(
 
     if state["step"] == 0 and state["best"] is None:
         v0 = valid_loss()
-        state["history"].append({"step": 0, "train_loss": float("nan"), "valid_loss": v0 if v0 is not None else float("nan")})
+        state["history"].append({"step": 0, "train_loss": None, "valid_loss": v0})
         state["best"] = v0
         save_best()  # the untrained adapter (identity: LoRA's B = 0) is the one to beat
     bar = None
@@ -543,7 +542,7 @@ def train_reader_adapter(
         if state["step"] % eval_every == 0 or state["step"] == total_steps:
             v = valid_loss()
             state["history"].append({"step": state["step"], "train_loss": sum(running[-eval_every:]) / len(running[-eval_every:]),
-                                     "valid_loss": v if v is not None else float("nan")})
+                                     "valid_loss": v})
             if v is None or state["best"] is None or v < state["best"]:
                 state["best"], state["stale"] = v, 0
                 save_best()
@@ -578,6 +577,3 @@ def _forms(examples: Sequence[ReaderExample]) -> dict[str, int]:
         out[e.form] = out.get(e.form, 0) + 1
     return out
 
-
-def _finite(x: float | None) -> float | None:
-    return x if x is not None and math.isfinite(x) else None
