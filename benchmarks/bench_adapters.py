@@ -285,7 +285,7 @@ def report(args) -> dict:
     qa = {w: got[f"qa-{w}"]["rows"] for w in ("frozen", "lora", "prompt") if f"qa-{w}" in got}
     if qa:
         labels = list(next(iter(qa.values())))
-        print(f"\nReader: EM / F1 / answer-in-context (share of answers that are a cited title)")
+        print("\nReader: EM / F1 / answer-in-context (share of answers that are a cited title)")
         print(f"{'':<22}" + "".join(f"{w:>30}" for w in qa))
         for lab in labels:
             cells = []
