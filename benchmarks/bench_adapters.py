@@ -54,6 +54,7 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--eval-every", type=int, default=10, help="optimizer steps between early-stopping checks")
     ap.add_argument("--lora-rank", type=int, default=8)
     ap.add_argument("--lora-lr", type=float, default=1e-3)
+    ap.add_argument("--lora-targets", default="q_proj,k_proj,v_proj,o_proj", help="modules LoRA wraps")
     ap.add_argument("--prompt-tokens", type=int, default=16)
     ap.add_argument("--prompt-lr", type=float, default=3e-2)
     ap.add_argument("--max-passage-tokens", type=int, default=None, help="reader option (default: the reader's)")
@@ -169,6 +170,8 @@ def phase_query(args, kb) -> dict:
               f"{adapter.info['seconds']:.0f} s", flush=True)
     results["final"] = args.final
     results["params"] = adapter.n_params
+    st = getattr(kb.embedder, "st", None)  # the frozen embedder's own size, for the trainable share
+    results["embedder_params"] = int(sum(p.numel() for p in st.parameters())) if st is not None and hasattr(st, "parameters") else None
     results["train_seconds"] = adapter.info["seconds"]
     results["train_pairs"] = adapter.info["pairs"]
     results["test_dense_after"] = dense_eval("test", adapter)
@@ -224,7 +227,7 @@ def phase_train(args, kb, method: str) -> dict:
           f"built in {time.perf_counter() - t0:.0f} s", flush=True)
     reader = _reader(args)
     before = reader.base_weights_fingerprint()
-    kw = {"rank": args.lora_rank, "lr": args.lora_lr} if method == "lora" else {"virtual_tokens": args.prompt_tokens, "lr": args.prompt_lr}
+    kw = {"rank": args.lora_rank, "lr": args.lora_lr, "target_modules": args.lora_targets.split(",")} if method == "lora" else {"virtual_tokens": args.prompt_tokens, "lr": args.prompt_lr}
     rep = train_reader_adapter(reader, train, valid, method=method, out=Path(args.out) / f"reader-{method}", epochs=1,
                                grad_accum=args.grad_accum, eval_every=args.eval_every, patience=3, seed=args.seed,
                                progress=not args.json, **kw)
@@ -271,13 +274,14 @@ def report(args) -> dict:
     if "query" in got:
         q = got["query"]
         print(f"\nQuery adapter (chosen on dev: {q['chosen']}; reported: trained on {q['final']} documents, "
-              f"{q['train_pairs']} pairs, {q['params']:,} parameters, trained in {q['train_seconds']:.0f} s), {q['n_test']} test queries:")
+              f"{q['train_pairs']} pairs, {q['params']:,} parameters against the frozen embedder's {q.get('embedder_params') or 0:,}, "
+              f"trained in {q['train_seconds']:.0f} s), {q['n_test']} test queries:")
         print(f"{'':<30}{'R@1':>8}{'R@10':>8}{'nDCG@10':>9}")
         for k in ("test_dense_before", "test_dense_after_train_only", "test_dense_after", "test_hybrid_before", "test_hybrid_after"):
             m = q[k]
             print(f"{k.removeprefix('test_'):<30}{m['recall@1']:8.4f}{m['recall@10']:8.4f}{m['ndcg@10']:9.4f}")
         gain = q["test_dense_after"]["recall@1"] - q["test_dense_before"]["recall@1"]
-        summary["query"] = {k: q[k] for k in ("chosen", "final", "train_pairs", "params", "train_seconds", "n_test",
+        summary["query"] = {k: q.get(k) for k in ("chosen", "final", "train_pairs", "params", "embedder_params", "train_seconds", "n_test",
                                                "test_dense_before", "test_dense_after_train_only", "test_dense_after",
                                                "test_hybrid_before", "test_hybrid_after")}
         summary["query"]["dev"] = {"before": q["dev_before"], **{n: c["dev"] for n, c in q["candidates"].items()}}
