@@ -131,3 +131,34 @@ def test_cloze_questions_answer_with_a_span_that_is_not_the_title():
     q, a = cloze_of("Claude Monet was a French painter and a founder of Impressionism in 1874.", "Claude Monet")
     assert a in ("French", "Impressionism", "1874") and "___" in q and a not in q
     assert cloze_of("Paris is big.", "Paris") is None
+
+
+def test_wiki_reader_examples_split_by_document_with_passages_in_retriever_order(tmp_path):
+    from rag_lfm import KnowledgeBase
+    from rag_lfm.adapters.reader import wiki_reader_examples
+    from rag_lfm.connectors import InMemory
+    from rag_lfm.eval.splits import document_split
+
+    entries = [{"title": f"Place {c}{c}", "description": f"river town number {i} of the north",
+                "extract": f"Place {c}{c} is a river town in Norland founded in {1700 + i}. It lies on the Orrin river."}
+               for i, c in enumerate("abcdefghijklmnopqrstuvwx")]
+    kb = KnowledgeBase.create(tmp_path / "kb", embedder="hash-64", retriever="dense")
+    kb.ingest(InMemory([(e["title"], e["extract"], {"title": e["title"], "description": e["description"]}) for e in entries]),
+              progress=False)
+    ex = wiki_reader_examples(kb, split="train", n=10, cloze_share=0.5, ks=(2, 3), entries=entries, seed=0)
+    train_titles = {e["title"] for e in entries if document_split(e["title"]) == "train"}
+    assert ex and {e.form for e in ex} <= {"title", "cloze"}
+    for e in ex:
+        assert 2 <= len(e.passages) <= 3
+        scores = [h.score for h in e.passages]
+        assert scores == sorted(scores, reverse=True)  # the retriever's order
+        assert any(e.answer in f"{h.metadata['title']} {h.text}" for h in e.passages)  # answer in context
+        if e.form == "title":
+            assert e.answer in train_titles
+        else:
+            assert e.answer not in e.question and "___" in e.question
+    with pytest.raises(ConfigError, match="use any of title, cloze"):
+        wiki_reader_examples(kb, forms=("essay",), entries=entries)
+    with pytest.raises(ConfigError, match="ks=\\[0\\] must be ints from 1 to 16"):
+        wiki_reader_examples(kb, ks=(0,), entries=entries)
+    kb.close()
