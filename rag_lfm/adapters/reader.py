@@ -406,6 +406,7 @@ def train_reader_adapter(
     rank: int = 8,
     alpha: int | None = None,
     target_modules: Sequence[str] = ("q_proj", "v_proj"),
+    top_layers: int | None = None,
     virtual_tokens: int = 16,
     max_len: int = 1024,
     eval_every: int = 10,
@@ -420,7 +421,8 @@ def train_reader_adapter(
         reader: a :class:`~rag_lfm.readers.TransformersReader` WITHOUT an adapter (its prompts are
             the training prompts, so train and use match).
         train / valid: examples (``valid`` from documents held out of ``train``: early stopping).
-        method: ``"lora"`` (rank ``rank``, ``alpha`` default 2*rank, on ``target_modules``) or
+        method: ``"lora"`` (rank ``rank``, ``alpha`` default 2*rank, on ``target_modules`` of every layer, or
+            of the ``top_layers`` last ones only: backpropagation then stops there, a large saving on a CPU) or
             ``"prompt"`` (``virtual_tokens`` learned embeddings, started from the text of an instruction).
         epochs / max_steps: passes over ``train`` / a cap on optimizer steps (``grad_accum`` examples each).
         eval_every: optimizer steps between validation losses; the best adapter is kept in ``out``,
@@ -456,8 +458,14 @@ def train_reader_adapter(
     before = base_fingerprint(base)
     frozen = sum(p.numel() for p in base.parameters())
     if method == "lora":
+        n_layers = int(model_signature(base).get("num_hidden_layers") or 0)
+        layers = None
+        if top_layers is not None:
+            if isinstance(top_layers, bool) or not isinstance(top_layers, int) or not 1 <= top_layers <= max(n_layers, 1):
+                raise ConfigError(f"top_layers {top_layers!r} is out of range; use an int from 1 to {n_layers} (the model's layers)")
+            layers = list(range(n_layers - top_layers, n_layers))
         cfg = peft.LoraConfig(r=rank, lora_alpha=alpha or 2 * rank, lora_dropout=0.0, target_modules=list(target_modules),
-                              task_type="CAUSAL_LM")
+                              task_type="CAUSAL_LM", layers_to_transform=layers, layers_pattern="layers" if layers else None)
     else:
         cfg = peft.PromptTuningConfig(
             task_type="CAUSAL_LM", num_virtual_tokens=virtual_tokens, prompt_tuning_init="TEXT",
@@ -504,7 +512,7 @@ def train_reader_adapter(
         out.mkdir(parents=True, exist_ok=True)
         pm.save_pretrained(str(out))
         meta = {"method": method, "base_model": reader.model_ref, "base_signature": model_signature(base),
-                "trainable_params": trainable, "frozen_params": frozen, "seed": seed, "lr": lr, "rank": rank if method == "lora" else None,
+                "trainable_params": trainable, "frozen_params": frozen, "seed": seed, "lr": lr, "rank": rank if method == "lora" else None, "top_layers": top_layers if method == "lora" else None,
                 "virtual_tokens": virtual_tokens if method == "prompt" else None, "forms": _forms(train),
                 "train_examples": len(train), "valid_examples": len(valid), "history": state["history"],
                 "best_valid_loss": state["best"], "reader_options": {"max_passage_tokens": reader.max_passage_tokens,
