@@ -27,6 +27,7 @@ The index must hold all 10,033 leads (`rag-lfm ingest connectors/wiki-vital.toml
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -94,12 +95,28 @@ def doc_metrics(ids, doc_of, gold) -> dict[str, float]:
     return {"recall@1": round(r1 / n, 4), "recall@10": round(r10 / n, 4), "ndcg@10": round(ndcg / n, 4)}
 
 
+def _cand(kind="mlp", rank=64, forms=("description",), **kw):
+    base = {"kind": kind, "rank": rank, "forms": forms, "hard_negatives": 8, "remine_every": 0, "reg": 1e-3, "lr": 1e-3,
+            "temperature": 0.05, "hard_skip": 0, "patience": 3}
+    return {**base, **kw}
+
+
+# Query-adapter candidates, chosen between on dev documents (dense R@1).
 QUERY_CANDIDATES = {
-    # name: (kind, rank, forms, hard negatives, remine_every, reg, lr)
-    "mlp64-desc": ("mlp", 64, ("description",), 8, 0, 1e-3, 1e-3),
-    "mlp64-desc+lead": ("mlp", 64, ("description", "lead"), 8, 0, 1e-3, 1e-3),
-    "mlp128-desc+lead-hn32": ("mlp", 128, ("description", "lead"), 32, 2, 1e-3, 1e-3),
-    "linear-desc+lead": ("linear", None, ("description", "lead"), 8, 0, 1e-2, 1e-3),
+    "mlp64-desc": _cand(),
+    "mlp64-desc+lead": _cand(forms=("description", "lead")),
+    "mlp128-desc+lead-hn32": _cand(rank=128, forms=("description", "lead"), hard_negatives=32, remine_every=2),
+    "linear-desc+lead": _cand("linear", forms=("description", "lead"), reg=1e-2),
+    "mlp32-desc": _cand(rank=32),
+    "mlp64-desc-lr3e-4": _cand(lr=3e-4, patience=5),
+    "mlp64-desc-hn32": _cand(hard_negatives=32),
+    "mlp64-desc-hn32-skip2": _cand(hard_negatives=32, hard_skip=2),
+    "mlp64-desc-t0.1": _cand(temperature=0.1),
+    "mlp64-desc-t0.02": _cand(temperature=0.02),
+    "mlp64-desc-reg1e-2": _cand(reg=1e-2),
+    "mlp256-desc-lr3e-4": _cand(rank=256, lr=3e-4, patience=5),
+    "linear-desc-reg1e-1": _cand("linear", reg=1e-1),
+    "mlp64-desc+lead-lr3e-4": _cand(forms=("description", "lead"), lr=3e-4, patience=5),
 }
 
 
@@ -125,9 +142,17 @@ def phase_query(args, kb) -> dict:
     print(f"queries: train {len(by_split['train'])}, dev {len(by_split['dev'])}, test {len(by_split['test'])}; "
           f"derived train pairs {len(pairs_all)} ({sum(p.form == 'lead' for p in pairs_all)} lead fragments)", flush=True)
     te = time.perf_counter()
-    qv_pairs = kb.embedder.encode([p.query for p in pairs_all], kind="query")
-    qv = {s: kb.embedder.encode([q for q, _ in v], kind="query") for s, v in by_split.items() if s != "train"}
-    print(f"encoded {len(pairs_all) + sum(len(v) for v in qv.values())} queries in {time.perf_counter() - te:.0f} s", flush=True)
+    texts = [p.query for p in pairs_all] + [q for s in ("dev", "test") for q, _ in by_split[s]]
+    cache = Path(args.out) / "query_vectors.npz"  # the frozen embedder's vectors of these texts (a rerun skips encoding)
+    key = hashlib.sha256(json.dumps([kb.manifest["embedder"], texts]).encode()).hexdigest()
+    if cache.is_file() and str(np.load(cache, allow_pickle=False)["key"]) == key:
+        allv = np.load(cache, allow_pickle=False)["vectors"]
+    else:
+        allv = kb.embedder.encode(texts, kind="query")
+        np.savez(cache, key=np.array(key), vectors=allv)
+    qv_pairs = allv[: len(pairs_all)]
+    qv = {"dev": allv[len(pairs_all) : len(pairs_all) + len(by_split["dev"])], "test": allv[len(pairs_all) + len(by_split["dev"]) :]}
+    print(f"encoded {len(texts)} queries in {time.perf_counter() - te:.0f} s", flush=True)
 
     def dense_eval(split: str, adapter) -> dict:
         q = qv[split] if adapter is None else adapter.apply(qv[split])
@@ -139,12 +164,12 @@ def phase_query(args, kb) -> dict:
     names = list(QUERY_CANDIDATES) if args.query_candidates == "all" else args.query_candidates.split(",")
     best = None
     for name in names:
-        kind, rank, forms, hn, remine, reg, lr = QUERY_CANDIDATES[name]
+        c = dict(QUERY_CANDIDATES[name])
+        forms = c.pop("forms")
         keep = np.array([p.form in forms for p in pairs_all])
         pairs = [p for p, k in zip(pairs_all, keep) if k]
-        a = tune_query_adapter(kb, pairs, name=None, kind=kind, rank=rank or 64, epochs=30, lr=lr, reg=reg,
-                               hard_negatives=hn, remine_every=remine, patience=3, seed=args.seed, progress=False,
-                               vectors=iv, query_vectors=qv_pairs[keep])
+        a = tune_query_adapter(kb, pairs, name=None, epochs=40, seed=args.seed, progress=False, vectors=iv,
+                               query_vectors=qv_pairs[keep], **c)
         dev = dense_eval("dev", a)
         results["candidates"][name] = {"dev": dev, "params": a.n_params, "pairs": a.info["pairs"], "seconds": a.info["seconds"],
                                        "best_epoch": a.info["best_epoch"], "valid_r1": [a.info["valid_r1_before"], a.info["valid_r1_best"]]}
@@ -159,15 +184,15 @@ def phase_query(args, kb) -> dict:
     if args.final == "train+dev":
         # The chosen settings, retrained on train AND dev documents (dev only chose; early stopping holds out
         # a tenth of these documents); test documents stay out of training.
-        kind, rank, forms, hn, remine, reg, lr = QUERY_CANDIDATES[name]
+        c = dict(QUERY_CANDIDATES[name])
+        forms = c.pop("forms")
         dev_docs = {d for d in task.corpus if document_split(d) == "dev"}
         more = [p for p in derive_pairs(kb, forms, docs=dev_docs)]
         pairs = [p for p in pairs_all if p.form in forms] + more
         qv_more = kb.embedder.encode([p.query for p in more], kind="query")
         keep = np.array([p.form in forms for p in pairs_all])
-        adapter = tune_query_adapter(kb, pairs, name=None, kind=kind, rank=rank or 64, epochs=30, lr=lr, reg=reg,
-                                     hard_negatives=hn, remine_every=remine, patience=3, seed=args.seed, progress=False,
-                                     vectors=iv, query_vectors=np.concatenate([qv_pairs[keep], qv_more]))
+        adapter = tune_query_adapter(kb, pairs, name=None, epochs=40, seed=args.seed, progress=False, vectors=iv,
+                                     query_vectors=np.concatenate([qv_pairs[keep], qv_more]), **c)
         print(f"  retrained on train+dev documents: {adapter.info['pairs']} pairs, best epoch {adapter.info['best_epoch']}, "
               f"{adapter.info['seconds']:.0f} s", flush=True)
     results["final"] = args.final
