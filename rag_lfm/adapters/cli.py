@@ -53,7 +53,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:  # noqa: ARG001 -
     def tune_query(
         index: Annotated[str, typer.Argument(help="Index directory.")],
         pairs: Annotated[Optional[str], typer.Option(help="JSONL of {\"query\", \"doc_id\"} lines (default: derived from the corpus).")] = None,
-        forms: Annotated[str, typer.Option(help="Without --pairs: query forms to derive: description, lead.")] = "description,lead",
+        forms: Annotated[str, typer.Option(help="Without --pairs: query forms to derive: auto (descriptions if the documents have them, else lead fragments), or a comma list of description, lead.")] = "auto",
         name: Annotated[str, typer.Option(help="Adapter name inside the index.")] = "default",
         kind: Annotated[str, typer.Option(help="linear (W near the identity) or mlp (residual low-rank MLP).")] = "mlp",
         rank: Annotated[int, typer.Option(help="mlp: hidden rank (1..dim).")] = 64,
@@ -73,7 +73,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:  # noqa: ARG001 -
         try:
             kb = KnowledgeBase.open(index)
             given = load_pairs(pairs) if pairs else None
-            a = tune_query_adapter(kb, given, name=name, kind=kind, rank=rank, forms=[f.strip() for f in forms.split(",") if f.strip()],
+            a = tune_query_adapter(kb, given, name=name, kind=kind, rank=rank, forms=None if forms == "auto" else [f.strip() for f in forms.split(",") if f.strip()],
                                    epochs=epochs, lr=lr, hard_negatives=hard_negatives, valid_fraction=valid_fraction,
                                    seed=seed, activate=activate, replace=replace, progress=not as_json)
         except RagLfmError as exc:

@@ -220,7 +220,7 @@ def tune_query_adapter(
     name: str | None = "default",
     kind: str = "mlp",
     rank: int = 64,
-    forms: Sequence[str] = FORMS,
+    forms: Sequence[str] | None = None,
     valid_fraction: float = 0.1,
     valid_pairs: Sequence[Pair] | None = None,
     epochs: int = 30,
@@ -242,7 +242,9 @@ def tune_query_adapter(
     """Train a query adapter for ``kb`` and (with ``name``) save it into the index, active.
 
     Args:
-        pairs: training pairs (None: :func:`derive_pairs` with ``forms``).
+        pairs: training pairs (None: :func:`derive_pairs` with ``forms``; ``forms=None``: the documents'
+            descriptions when the corpus has them, else lead fragments -- on wiki-vital adding lead fragments
+            to the descriptions lowered dev R@1, benchmarks/RESULTS.md).
         valid_fraction: documents held out for early stopping (by a hash of the doc id), unless
             ``valid_pairs`` are given.
         vectors / query_vectors: precomputed :class:`IndexVectors` and query embeddings (benchmarks
@@ -261,7 +263,11 @@ def tune_query_adapter(
         raise ConfigError(f"index {kb.path} is empty: ingest documents before tuning a query adapter")
     t0 = time.perf_counter()
     if pairs is None:
-        pairs = derive_pairs(kb, forms)
+        if forms is None:
+            pairs = derive_pairs(kb, ("description",)) or derive_pairs(kb, ("lead",))
+            forms = FORMS
+        else:
+            pairs = derive_pairs(kb, forms)
         if not pairs:
             raise ConfigError(f"index {kb.path} yields no training pairs of forms {list(forms)} (no 'description' "
                               "metadata and no first sentence of the form 'X is ...'); pass your own with --pairs FILE")
