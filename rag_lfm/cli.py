@@ -217,6 +217,33 @@ def info(index: Annotated[str, typer.Argument(help="Index directory.")], as_json
 
 
 @app.command()
+def calibrate(
+    model: Annotated[str, typer.Option(help="Embedding model (a name from the model registry or a local folder).")] = "all-MiniLM-L6-v2",
+    refresh: Annotated[bool, typer.Option("--refresh", help="Measure again even if this machine has a recorded choice.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show (or measure) which embedder backend ``auto`` picks on this machine, and why.
+
+    The measurement runs once per machine and model and is cached; ``--refresh`` repeats it,
+    e.g. after a first measurement taken while the machine was busy. Indexes record the backend
+    they were built with, so re-measuring never changes an existing index.
+    """
+    from rag_lfm.embedders import backend_choice_record, choose_backend
+
+    try:
+        choice = choose_backend(model, refresh=refresh, device="cpu")
+        data = backend_choice_record(model) or {"choice": choice, "results": {}}
+    except RagLfmError as exc:
+        _fail(exc)
+    lines = [f"embedder backend 'auto' on this machine: {data['choice']} ({model})",
+             f"{'backend':<16}{'texts/s':>9}{'probe R@10':>12}{'lost/gained':>13}{'cosine':>9}  qualifies"]
+    for name, r in data.get("results", {}).items():
+        lg = "/".join(str(x) for x in r.get("probe_queries_lost_gained", [])) or "-"
+        lines.append(f"{name:<16}{r['texts_per_s']:>9.1f}{r['probe_recall_at_10']:>12.3f}{lg:>13}{r['mean_cosine_to_torch']:>9.4f}  {r['qualifies']}")
+    _emit(data, as_json, "\n".join(lines))
+
+
+@app.command()
 def delete(
     index: Annotated[str, typer.Argument(help="Index directory.")],
     doc_ids: Annotated[Optional[list[str]], typer.Argument(help="Document ids to delete.")] = None,

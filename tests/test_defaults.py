@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from rag_lfm import Document, HashEmbedder, InMemory, KnowledgeBase
+from rag_lfm.knowledge_base import EMBED_BATCH_DOCS
 from rag_lfm.errors import ConfigError
 from rag_lfm.readers.transformers_reader import _CopyConstraint, word_edges
 from rag_lfm.retrieval import Retriever
@@ -81,9 +82,10 @@ def test_ingest_commits_by_time_and_progress_counts_embedded_documents(tmp_path,
     kb = KnowledgeBase.create(tmp_path / "idx", embedder=HashEmbedder(32))
     clock = iter(range(0, 10_000, 20))  # every flush looks 20 s after the previous one
     monkeypatch.setattr(time, "monotonic", lambda: next(clock))
-    report = kb.ingest(InMemory(docs(200)), commit_every=1000, commit_seconds=30, progress=False)
-    assert report.added == 200 and report.commits >= 2  # by time, though 200 < commit_every
-    assert kb.info()["counts"]["documents"] == 200
+    n = 3 * EMBED_BATCH_DOCS  # three embedding batches, each flushed 20 s after the last
+    report = kb.ingest(InMemory(docs(n)), commit_every=10 * n, commit_seconds=30, progress=False)
+    assert report.added == n and report.commits >= 2  # by time, though n < commit_every
+    assert kb.info()["counts"]["documents"] == n
     monkeypatch.undo()
     report = KnowledgeBase.create(tmp_path / "idx2", embedder=HashEmbedder(32)).ingest(InMemory(docs(200)), progress=False)
     assert report.commits == 1  # a small corpus on a fast machine: one commit

@@ -117,11 +117,20 @@ def test_auto_backend_is_measured_once_per_machine_and_recorded(fresh_home, tmp_
     assert choice == max(qualified, key=lambda n: qualified[n]["texts_per_s"])  # the fastest that qualifies
     for r in qualified.values():
         assert r["mean_cosine_to_torch"] >= E.AUTO_MIN_COSINE
-        assert r["probe_recall_at_10"] >= res["torch"]["probe_recall_at_10"] - E.AUTO_MAX_RECALL_LOSS
+        lost, gained = r["probe_queries_lost_gained"]
+        assert lost - gained <= data["gate"]["max_net_queries_lost"]  # the recall gate, in whole probe queries
+    assert data["gate"]["max_net_queries_lost"] == max(1, int(E.AUTO_MAX_RECALL_LOSS * data["n_probe_queries"]))
     assert sum("embedder backend 'auto' ->" in m for m in caplog.messages) == 1
     stamp = records[0].stat().st_mtime_ns
     assert E.choose_backend("all-MiniLM-L6-v2", device="cpu", progress=False) == choice
     assert records[0].stat().st_mtime_ns == stamp  # read from the cache, not measured again
+    from typer.testing import CliRunner
+
+    from rag_lfm.cli import app
+
+    out = CliRunner().invoke(app, ["calibrate", "--json"])  # shows the recorded measurement, measures nothing
+    assert out.exit_code == 0 and json.loads(out.stdout)["choice"] == choice
+    assert records[0].stat().st_mtime_ns == stamp
 
     kb = KnowledgeBase.create(tmp_path / "kb", embedder="all-MiniLM-L6-v2", device="cpu")  # default: auto
     assert kb.manifest["embedder"]["backend"] == choice and kb.manifest["embedder"]["backend_spec"] == "auto"

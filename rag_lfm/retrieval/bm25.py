@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -26,6 +27,9 @@ from typing import Any
 import numpy as np
 
 from rag_lfm.errors import ConfigError, IndexFormatError
+
+# bm25s logs every index build at DEBUG; a root logger configured by another library (NNCF) prints it.
+logging.getLogger("bm25s").setLevel(logging.INFO)
 
 FOLDER = "bm25"
 # A sentence ends at . ! or ? followed by white space (abbreviations like "U.S. Army" may split early:
