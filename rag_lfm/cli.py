@@ -206,6 +206,11 @@ def info(index: Annotated[str, typer.Argument(help="Index directory.")], as_json
     lines.append("memory:     resident / memory-mapped / on disk")
     for comp, m in data.get("memory", {}).items():
         lines.append(f"  {comp:<15}{mib(m['resident']):>12} {mib(m['mapped']):>12} {mib(m['disk']):>12}")
+    if data.get("query_adapters"):
+        from rag_lfm.adapters.cli import _line
+
+        lines.append("query adapters (* = applied by searches):")
+        lines += [f"  {_line(n, s)}" for n, s in data["query_adapters"].items()]
     lines.append("files:")
     lines += [f"  {name}  {size / 2**20:.2f} MiB" for name, size in data["files"].items()]
     typer.echo("\n".join(lines))
@@ -256,7 +261,8 @@ def delete(
 
 
 # Commands contributed by the companion modules: each exposes register(app, eval_app).
-PLUGIN_MODULES = ["rag_lfm.retrieval.cli", "rag_lfm.readers.cli", "rag_lfm.tradeoffs.cli", "rag_lfm.distill.cli"]
+PLUGIN_MODULES = ["rag_lfm.retrieval.cli", "rag_lfm.readers.cli", "rag_lfm.tradeoffs.cli", "rag_lfm.adapters.cli",
+                  "rag_lfm.distill.cli"]
 for _name in PLUGIN_MODULES:
     if importlib.util.find_spec(_name) is not None:
         importlib.import_module(_name).register(app, eval_app)

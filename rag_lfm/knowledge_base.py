@@ -179,6 +179,16 @@ class KnowledgeBase:
             self._retriever = Retriever.from_config(self, self.manifest.get("retriever"))
         return self._retriever
 
+    @property
+    def query_adapter(self) -> Any:
+        """The active query adapter (:mod:`rag_lfm.adapters.store`) that searches apply, or None."""
+        self._refresh()
+        if not self.manifest.get("query_adapters"):
+            return None
+        from rag_lfm.adapters.store import active_query_adapter
+
+        return active_query_adapter(self)
+
     # -- construction --------------------------------------------------------------------
     @classmethod
     def create(
@@ -821,6 +831,9 @@ class KnowledgeBase:
         if method is None and self.manifest.get("retriever", {}).get("method", "hybrid") != "dense":
             return self.retriever.search_batch(list(queries), k, filter=filter)  # retries a racing commit itself
         qvecs = self.embedder.encode(list(queries), kind="query")
+        adapter = self.query_adapter
+        if adapter is not None:
+            qvecs = adapter.apply(qvecs)
         for _ in range(SEARCH_ATTEMPTS):
             scores, ids = self.search_vectors(qvecs, k, filter=filter)
             hits = self.hits(scores, ids)
@@ -922,6 +935,7 @@ class KnowledgeBase:
             "docstore": self.docstore.safe_url,
             "counts": self.manifest["counts"],
             "side_files": self.side_files,
+            "query_adapters": _adapter_list(self),
             "fields": self.docstore.fields(),
             "sources": sources,
             "files": files,
@@ -994,6 +1008,12 @@ def _retriever_config(retriever: str | dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"retriever configuration keys {sorted(unknown)} are unknown; valid keys: {', '.join(CONFIG_KEYS)}")
     return json.loads(json.dumps(retriever))
+
+
+def _adapter_list(kb: KnowledgeBase) -> dict[str, Any]:
+    from rag_lfm.adapters.store import list_query_adapters
+
+    return list_query_adapters(kb)
 
 
 _FIXED_KEYS = ("format", "embedder", "metric", "index", "chunking", "created_at")

@@ -405,17 +405,30 @@ class _LearnedBase:
 class BilinearMetric(_LearnedBase):
     """``score(q, c) = q^T W c``, with ``W`` fitted from relevance pairs (:func:`fit_bilinear`).
 
-    Because ``q^T W c = (W^T q) . c``, a first-stage inner-product search with the transformed
-    query ``q @ W`` ranks exactly as the metric does, so the candidate pool misses nothing.
+    Because ``q^T W c = (q W) . c``, this metric IS a linear query adapter
+    (:class:`rag_lfm.adapters.QueryAdapter` of kind ``linear``, unnormalised) followed by the
+    dot product: the adapter is its implementation, and a first-stage inner-product search with
+    the transformed query ranks exactly as the metric does, so the candidate pool misses nothing.
+    :meth:`as_adapter` hands the same map to anything that takes a query adapter.
     """
 
     kind = "bilinear"
 
+    def __init__(self, matrix: np.ndarray, info: dict[str, Any] | None = None) -> None:
+        super().__init__(matrix, info)
+        from rag_lfm.adapters.query import QueryAdapter
+
+        self.adapter = QueryAdapter("linear", {"matrix": self.matrix}, normalize=False, info=self.info)
+
     def __call__(self, q: np.ndarray, c: np.ndarray) -> np.ndarray:
-        return np.einsum("bd,bnd->bn", q @ self.matrix, c)
+        return np.einsum("bd,bnd->bn", self.adapter.apply(q), c)
 
     def query_transform(self, q: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(np.asarray(q, dtype=np.float32) @ self.matrix)
+        return self.adapter.apply(q)
+
+    def as_adapter(self):  # -> QueryAdapter
+        """This metric as a (linear, unnormalised) query adapter."""
+        return self.adapter
 
 
 class MahalanobisMetric(_LearnedBase):
@@ -480,48 +493,42 @@ def _fit(
     seed: int,
     corpus: np.ndarray | None,
     hard_negatives: int,
+    mined_negatives: int = 0,
 ) -> tuple[np.ndarray, dict[str, Any]]:
+    # One training loop for every learned map: rag_lfm.adapters.query.train_contrastive (the
+    # bilinear metric's W is a linear query adapter's matrix; Mahalanobis only swaps the score).
     import torch  # fitting needs autograd; scoring stays numpy
+
+    from rag_lfm.adapters.query import train_contrastive
 
     q_np, p_np = _check_pairs(queries, positives)
     n, d = q_np.shape
-    gen = torch.Generator().manual_seed(seed)
-    q_all, p_all = torch.from_numpy(q_np), torch.from_numpy(p_np)
+    # The positives are corpus rows 0..n-1 (each its own document); the corpus, when given, follows.
+    extra = np.asarray(corpus, dtype=np.float32).reshape(-1, d) if corpus is not None else np.zeros((0, d), np.float32)
+    cands = np.concatenate([p_np, extra])
+    docs = np.arange(len(cands))
     eye = torch.eye(d)
-    mat = torch.nn.Parameter(eye.clone())
-    opt = torch.optim.Adam([mat], lr=lr)
-    corpus_t = torch.from_numpy(np.asarray(corpus, dtype=np.float32)) if corpus is not None else None
+    params = {"matrix": torch.nn.Parameter(eye.clone())}
 
-    def scores(qb: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
-        # qb [B,d], cands [C,d] -> [B,C]
-        if kind == "bilinear":
-            return (qb @ mat) @ cands.T
-        lq, lc = qb @ mat.T, cands @ mat.T
-        return -(lq.pow(2).sum(-1, keepdim=True) - 2 * lq @ lc.T + lc.pow(2).sum(-1)[None, :])
+    if kind == "bilinear":
+        def score(p: dict[str, Any], qb: Any, c: Any) -> Any:
+            return (qb @ p["matrix"]) @ c.T
 
-    losses: list[float] = []
-    for _epoch in range(epochs):
-        perm = torch.randperm(n, generator=gen)
-        total = 0.0
-        for start in range(0, n, batch_size):
-            idx = perm[start : start + batch_size]
-            if len(idx) < 2:
-                continue
-            qb, pb = q_all[idx], p_all[idx]
-            cands = pb
-            if corpus_t is not None and hard_negatives > 0:
-                # Random corpus rows widen the negatives beyond the batch; a positive that happens to be
-                # drawn again only adds a duplicate column, which the softmax tolerates.
-                extra = torch.randint(0, len(corpus_t), (hard_negatives,), generator=gen)
-                cands = torch.cat([pb, corpus_t[extra]])
-            logits = scores(qb, cands) / temperature
-            target = torch.arange(len(idx))
-            loss = torch.nn.functional.cross_entropy(logits, target) + reg * (mat - eye).pow(2).sum()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-        losses.append(total / n)
+        def transform(p: dict[str, Any], qb: Any) -> Any:
+            return qb @ p["matrix"]
+    else:
+        def score(p: dict[str, Any], qb: Any, c: Any) -> Any:
+            lq, lc = qb @ p["matrix"].T, c @ p["matrix"].T
+            return -(lq.pow(2).sum(-1, keepdim=True) - 2 * lq @ lc.T + lc.pow(2).sum(-1)[None, :])
+
+        transform = None
+    fit = train_contrastive(
+        score, params, q_np, cands, np.arange(n), query_docs=np.arange(n), corpus_docs=docs, transform=transform,
+        reg=(lambda p: reg * (p["matrix"] - eye).pow(2).sum()) if reg > 0 else None, epochs=epochs,
+        batch_size=batch_size, lr=lr, temperature=temperature, hard_negatives=mined_negatives,
+        random_negatives=hard_negatives if corpus is not None else 0, seed=seed,
+    )
+    losses = [h["loss"] for h in fit.history]
     info = {
         "fitted_on_pairs": int(n),
         "epochs": epochs,
@@ -531,7 +538,7 @@ def _fit(
         "seed": seed,
         "final_loss": round(losses[-1], 6) if losses else None,
     }
-    return mat.detach().numpy().astype(np.float32), info
+    return fit.params["matrix"], info
 
 
 def fit_bilinear(
@@ -546,13 +553,15 @@ def fit_bilinear(
     seed: int = 0,
     corpus: np.ndarray | None = None,
     hard_negatives: int = 0,
+    mined_negatives: int = 0,
 ) -> BilinearMetric:
     """Fit ``W`` of ``q^T W c`` from relevance pairs ``(queries[i], positives[i])``.
 
     Contrastive (InfoNCE) loss with in-batch negatives (plus ``hard_negatives`` random rows of
-    ``corpus`` per batch when given), ``W`` starting at the identity (= the plain dot product)
-    and pulled back to it by ``reg * ||W - I||^2`` so a few thousand pairs do not overfit a
-    ``d x d`` matrix.
+    ``corpus`` per batch when given, and ``mined_negatives`` per query: the highest-scoring
+    other rows), ``W`` starting at the identity (= the plain dot product) and pulled back to it
+    by ``reg * ||W - I||^2`` so a few thousand pairs do not overfit a ``d x d`` matrix. The
+    training loop is the query adapters' (:func:`rag_lfm.adapters.query.train_contrastive`).
 
     Example:
         >>> import numpy as np
@@ -564,6 +573,7 @@ def fit_bilinear(
     matrix, info = _fit(
         "bilinear", queries, positives, epochs=epochs, batch_size=batch_size, lr=lr, reg=reg,
         temperature=temperature, seed=seed, corpus=corpus, hard_negatives=hard_negatives,
+        mined_negatives=mined_negatives,
     )
     return BilinearMetric(matrix, info)
 

@@ -35,13 +35,13 @@ def _fail(exc: BaseException) -> None:
 def _reader(model: str | None, max_new_tokens: int | None, max_passage_tokens: int | None, device: str, dtype: str,
             constrain: str | None, *, kind: str = "transformers", base_url: str | None = None,
             api_key_env: str | None = None, api: str | None = None, tokenizer: str | None = None,
-            candidates: str | None = None, answer_starts: int | None = None):
+            candidates: str | None = None, answer_starts: int | None = None, adapter: str | None = None):
     """A reader from the CLI's options; options left unset (None) take the reader's own defaults, so the
     CLI and Python answer alike."""
     from rag_lfm.readers.registry import make_reader
 
     opts: dict = {"max_new_tokens": max_new_tokens, "max_passage_tokens": max_passage_tokens, "constrain": constrain,
-                  "candidates": candidates, "answer_starts": answer_starts}
+                  "candidates": candidates, "answer_starts": answer_starts, "adapter": adapter}
     name = kind.strip().lower()
     if name == "transformers":
         opts.update(device=device, dtype=dtype)
@@ -73,6 +73,8 @@ MaxNewOpt = Annotated[Optional[int], typer.Option(help="Longest answer, in token
 PassageOpt = Annotated[Optional[int], typer.Option(help="Each passage is cut to this many tokens (default: the reader's).")]
 CandidatesOpt = Annotated[Optional[str], typer.Option(
     help="transformers/llamacpp: 'titles' (the passages' titles compete with the decoded answer) or 'none'.")]
+AdapterOpt = Annotated[Optional[str], typer.Option(
+    help="transformers: a reader adapter (LoRA or prompt tuning from `rag-lfm tune reader`): a folder or a name.")]
 StartsOpt = Annotated[Optional[int], typer.Option(
     help="transformers: answers decoded from this many likeliest first tokens, then scored whole (default: the reader's).")]
 
@@ -113,6 +115,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         constrain: ConstrainOpt = None,
         candidates: CandidatesOpt = None,
         answer_starts: StartsOpt = None,
+        adapter: AdapterOpt = None,
         device: Annotated[str, typer.Option(help="transformers: auto, cpu, cuda ...")] = "auto",
         dtype: Annotated[str, typer.Option(help="transformers: auto, float32, bfloat16, float16.")] = "auto",
         base_url: BaseUrlOpt = None,
@@ -134,7 +137,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             flt = _filter(filter)
             reader = _reader(model, max_new_tokens, max_passage_tokens, device, dtype, constrain, kind=reader_kind,
                              base_url=base_url, api_key_env=api_key_env, api=api, tokenizer=tokenizer,
-                             candidates=candidates, answer_starts=answer_starts)
+                             candidates=candidates, answer_starts=answer_starts, adapter=adapter)
             kb = KnowledgeBase.open(index)
             source = _source(kb, method)
             if stream and not as_json:
@@ -184,6 +187,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         constrain: ConstrainOpt = None,
         candidates: CandidatesOpt = None,
         answer_starts: StartsOpt = None,
+        adapter: AdapterOpt = None,
         device: Annotated[str, typer.Option(help="transformers: auto, cpu, cuda ...")] = "auto",
         dtype: Annotated[str, typer.Option(help="transformers: auto, float32, bfloat16, float16.")] = "auto",
         base_url: BaseUrlOpt = None,
@@ -207,7 +211,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             examples = load_qa_jsonl(data) if data else wiki_vital_task(n, seed=seed, split=split)
             reader = _reader(model, max_new_tokens, max_passage_tokens, device, dtype, constrain, kind=reader_kind,
                              base_url=base_url, api_key_env=api_key_env, api=api, tokenizer=tokenizer,
-                             candidates=candidates, answer_starts=answer_starts)
+                             candidates=candidates, answer_starts=answer_starts, adapter=adapter)
             source = _source(KnowledgeBase.open(index), method)
             report = evaluate_qa(source, reader, examples, strategy=strategy or DEFAULT_STRATEGY,
                                  k=DEFAULT_K if k is None else k, filter=_filter(filter), progress=not as_json)
@@ -234,6 +238,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         constrain: ConstrainOpt = None,
         candidates: CandidatesOpt = None,
         answer_starts: StartsOpt = None,
+        adapter: AdapterOpt = None,
         device: Annotated[str, typer.Option(help="transformers: auto, cpu, cuda ...")] = "auto",
         dtype: Annotated[str, typer.Option(help="transformers: auto, float32, bfloat16, float16.")] = "auto",
         base_url: BaseUrlOpt = None,
@@ -255,7 +260,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         try:
             reader = _reader(model, max_new_tokens, max_passage_tokens, device, dtype, constrain, kind=reader_kind,
                              base_url=base_url, api_key_env=reader_api_key_env, api=api, tokenizer=tokenizer,
-                             candidates=candidates, answer_starts=answer_starts)
+                             candidates=candidates, answer_starts=answer_starts, adapter=adapter)
             kb = KnowledgeBase.open(index)
             source = _source(kb, method)
             strategy = strategy or DEFAULT_STRATEGY

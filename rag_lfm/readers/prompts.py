@@ -122,6 +122,9 @@ class PromptBuilder:
         self.one_shot = one_shot
         self.answer_prefix = answer_prefix
         self._prefixes: dict[str, tuple[str, list[int]]] = {}
+        # Token ids put before every prompt: a prompt-tuning adapter's virtual tokens (ids past the
+        # vocabulary, embedded by the adapter; see rag_lfm.adapters.reader). Empty otherwise.
+        self.virtual_ids: list[int] = []
         has_template = bool(getattr(tokenizer, "chat_template", None))
         self.chat = has_template if use_chat_template is None else (use_chat_template and has_template)
 
@@ -171,7 +174,7 @@ class PromptBuilder:
             cut = a.rfind("\n", 0, n) + 1  # end the prefix at a line break: a clean token boundary
             prefix = a[:cut]
             ids = list(self.tokenizer(prefix, add_special_tokens=not self.chat)["input_ids"]) if prefix else []
-            self._prefixes[key] = (prefix, ids)
+            self._prefixes[key] = (prefix, list(self.virtual_ids) + ids)
         return self._prefixes[key]
 
     def _encode(self, text: str, rag: bool = True) -> list[int]:
@@ -180,7 +183,7 @@ class PromptBuilder:
         prefix, ids = self._shared_prefix(rag)
         if prefix and text.startswith(prefix):
             return ids + list(self.tokenizer(text[len(prefix):], add_special_tokens=False)["input_ids"])
-        return list(self.tokenizer(text, add_special_tokens=not self.chat)["input_ids"])
+        return list(self.virtual_ids) + list(self.tokenizer(text, add_special_tokens=not self.chat)["input_ids"])
 
     def prefix_len(self, rag: bool) -> int:
         """Tokens shared by every prompt of one kind (0 when nothing is shared)."""

@@ -168,6 +168,11 @@ class TransformersReader:
             decoding otherwise commits to one first token.
         drop_echoes: a candidate that only repeats words of the question ("John Lennon" to
             "Who was John Lennon's songwriting partner?") loses to any other candidate.
+        adapter: a reader adapter (LoRA or prompt tuning, trained by ``rag-lfm tune reader``): a
+            folder or a name under ``<cache_dir>/reader-adapters`` (:mod:`rag_lfm.adapters.reader`).
+            It changes the model's weights through PEFT at load only (LoRA layers beside the frozen
+            ones, or virtual prompt tokens); the base weights stay as they are, and every decoding
+            option above works the same. Needs ``pip install "rag-lfm[adapters]"``.
     """
 
     def __init__(
@@ -189,6 +194,7 @@ class TransformersReader:
         candidates: str = "titles",
         answer_starts: int = 4,
         drop_echoes: bool = True,
+        adapter: str | Path | None = None,
     ) -> None:
         if dtype not in _DTYPES:
             raise ConfigError(f"dtype {dtype!r} is not supported; valid values: {', '.join(_DTYPES)}")
@@ -221,6 +227,8 @@ class TransformersReader:
         self.candidates = candidates
         self.answer_starts = answer_starts
         self.drop_echoes = bool(drop_echoes)
+        self.adapter = str(adapter) if adapter else None
+        self.adapter_info: dict[str, Any] | None = None
         self.share_prefix = True
         self._model = None
         self._tokenizer = None
@@ -320,6 +328,15 @@ class TransformersReader:
         )
         self._stop_ids = self._make_stop_ids(self.stop_at_newline)
         self._eos_ids = self._make_stop_ids(False)  # raw completions end at end-of-sequence only
+        if self.adapter:
+            from rag_lfm.adapters.reader import load_reader_adapter
+
+            try:
+                self.adapter_info = load_reader_adapter(self, self.adapter)
+            except Exception:
+                self._model = None  # not half-loaded: the next warm_up starts again
+                raise
+            self.name = f"{self.name}+{Path(self.adapter_info['path']).name}"
         return self
 
     @property
@@ -352,6 +369,13 @@ class TransformersReader:
         mask = torch.zeros(max(len(tok), model.config.get_text_config().vocab_size), dtype=torch.bool)
         mask[list(stops)] = True
         return mask.to(self.device)
+
+    def base_weights_fingerprint(self) -> str:
+        """sha256 over the base model's weights only (an adapter's own weights left out): the same
+        with and without an adapter, before and after training one."""
+        from rag_lfm.adapters.reader import base_fingerprint
+
+        return base_fingerprint(self.model)
 
     def weights_fingerprint(self) -> str:
         """sha256 over every parameter and buffer: equal before and after any use of the reader."""
@@ -831,6 +855,7 @@ class TransformersReader:
             ids = list(tok(text, add_special_tokens=False)["input_ids"])  # the template holds them
         if not ids:
             raise ConfigError(f"prompt {str(prompt)[:80]!r} encodes to no tokens; pass some text to continue")
+        ids = list(self._prompts.virtual_ids) + ids  # a prompt-tuning adapter's virtual tokens come first
         if len(ids) + int(max_tokens) > self.context_window:
             raise PromptTooLongError(
                 f"the prompt has {len(ids)} tokens; with max_tokens={max_tokens} that is over the context window "

@@ -50,7 +50,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
 DENSE_CONFIG: dict[str, Any] = {"method": "dense"}
 # The arguments a recorded configuration may set (what `from_config` accepts).
 CONFIG_KEYS = ("method", "fusion", "normalize", "weights", "rrf_k", "depth", "bm25_settings", "pool", "pool_factor",
-               "metric", "mmr_lambda", "mmr_pool", "group_by")
+               "metric", "mmr_lambda", "mmr_pool", "group_by", "adapter")
 
 
 class Retriever:
@@ -80,6 +80,11 @@ class Retriever:
         group_by: ``"doc"`` keeps only the best passage of each document, so ``k`` hits are ``k``
             documents (five passages of one file are often less useful than five files); the
             candidate lists are searched ``GROUP_DEPTH_FACTOR`` times deeper to fill ``k``.
+        adapter: the query adapter applied to query vectors before the dense search (and so
+            inside the dense list of a hybrid): ``"auto"`` (default: the index's active adapter,
+            see :mod:`rag_lfm.adapters.store`; none when it has none), ``"none"``, the name of
+            one of the index's adapters, or a :class:`rag_lfm.adapters.QueryAdapter`. An adapter
+            trained for another embedder is refused (EmbedderMismatchError).
     """
 
     def __init__(
@@ -103,6 +108,7 @@ class Retriever:
         mmr_pool: int = 20,
         vector_cache: str = "auto",
         group_by: str | None = None,
+        adapter: Any = "auto",
     ) -> None:
         if method not in METHODS:
             raise ConfigError(f"retrieval method {method!r} is not supported; use one of {METHODS}")
@@ -116,6 +122,14 @@ class Retriever:
             raise ConfigError(f"group_by {group_by!r} is not supported; use None (passages) or 'doc' (one hit per document)")
         self.group_by = group_by
         self.kb = kb
+        from rag_lfm.adapters.query import QueryAdapter
+
+        if not (adapter is None or isinstance(adapter, (str, QueryAdapter))):
+            raise ConfigError(f"adapter={adapter!r} must be 'auto', 'none', an adapter name or a QueryAdapter")
+        if isinstance(adapter, QueryAdapter):
+            adapter.check_embedder(kb.manifest["embedder"], where=f"index {kb.path}")
+        self.adapter = "none" if adapter is None else adapter
+        self._adapter_cache: tuple[Any, Any] | None = None
         self.vector_cache = vector_cache
         self._cache: VectorCache | None = None
         self.method = method
@@ -178,7 +192,35 @@ class Retriever:
                                "bm25_settings": self.bm25_settings, "pool": self.pool, "pool_factor": self.pool_factor,
                                "metric": self.metric.name if self.metric is not None else None,
                                "mmr_lambda": self.mmr_lambda, "mmr_pool": self.mmr_pool, "group_by": self.group_by}
+        if not isinstance(self.adapter, str):
+            raise ConfigError("a retriever holding a QueryAdapter object cannot be recorded; save it into the index "
+                              "(rag_lfm.adapters.save_query_adapter) and record its name")
+        if self.adapter != "auto":
+            cfg["adapter"] = self.adapter
         return cfg
+
+    @property
+    def query_adapter(self) -> Any:
+        """The :class:`~rag_lfm.adapters.QueryAdapter` applied to query vectors now, or None."""
+        from rag_lfm.adapters.store import active_query_adapter, adapter_key, load_query_adapter
+
+        spec = self.adapter
+        if spec == "none":
+            return None
+        if spec == "auto":
+            return active_query_adapter(self.kb)  # cached by the KB per commit
+        if not isinstance(spec, str):
+            return spec
+        self.kb._refresh()
+        key = adapter_key(self.kb, spec)
+        if self._adapter_cache is None or self._adapter_cache[0] != key:
+            self._adapter_cache = (key, load_query_adapter(self.kb, spec))
+        return self._adapter_cache[1]
+
+    def adapt(self, qvecs: np.ndarray) -> np.ndarray:
+        """Query vectors as the dense search uses them (the query adapter applied, if any)."""
+        a = self.query_adapter
+        return qvecs if a is None else a.apply(qvecs)
 
     @property
     def uses_bm25(self) -> bool:
@@ -235,7 +277,8 @@ class Retriever:
     ) -> tuple[np.ndarray, np.ndarray]:
         """First stages only (dense / BM25 / fused): ``(scores[b,depth], chunk_ids[b,depth])``.
 
-        ``qvecs`` lets a caller pass query embeddings it already has (benchmarks encode once).
+        ``qvecs`` lets a caller pass query embeddings it already has (benchmarks encode once): the
+        embedder's own vectors; the query adapter, if any, is applied here.
         """
         if isinstance(queries, str):
             raise ConfigError("queries must be a list of strings; use search() for one query")
@@ -246,7 +289,7 @@ class Retriever:
             if qvecs is None:
                 qvecs = self.kb.embedder.encode(list(queries), kind="query")
             lists.append(
-                two_stage_search(self.kb, qvecs, depth, metric=self.metric, pool=self.pool,
+                two_stage_search(self.kb, self.adapt(qvecs), depth, metric=self.metric, pool=self.pool,
                                  pool_factor=self.pool_factor, filter=filter,
                                  cache=self.cache if self.metric is not None else None)
             )
