@@ -321,3 +321,10 @@ def test_frozen_lower_layers_keep_the_teachers_weights(teacher, kb, tmp_path):
             continue  # buffers; the final norm trains (a weight vector of ones may or may not move far)
         frozen = ".layers.0." in name or ".layers.1." in name or "embed_tokens" in name or "lm_head" in name
         assert torch.equal(value, t[name]) == frozen, name
+
+
+def test_a_teacher_with_a_reader_adapter_is_refused_clearly(teacher_folder, kb, tmp_path):
+    adapted = TransformersReader(teacher_folder, device="cpu", adapter="my-lora")
+    with pytest.raises(ConfigError, match="carries the reader adapter 'my-lora'; distilling an adapted teacher"):
+        distill(kb, out=tmp_path / "s", teacher="in-context:1", student="layers=2", examples=examples(2),
+                teacher_reader=adapted, progress=False)

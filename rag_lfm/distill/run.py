@@ -147,9 +147,11 @@ def distill(
         student: ``"layers=15"``, ``"copy"`` or ``"path=FOLDER"`` (:class:`StudentSpec`).
         examples: training questions (:class:`~rag_lfm.eval.qa.QAExample`); default: ``n`` questions of
             the built-in wiki-vital task's ``train`` split (documents never in ``dev`` or ``test``).
-        teacher_reader: a ready :class:`~rag_lfm.readers.TransformersReader` to use as the teacher, as is.
-            This is the hook for a teacher with a reader adapter (issue 11): pass the adapted reader; its
-            model is only read (the run checks its weights' fingerprint before and after).
+        teacher_reader: a ready :class:`~rag_lfm.readers.TransformersReader` to use as the teacher, as is; its
+            model is only read (the run checks its weights' fingerprint before and after). This is the hook
+            for a teacher with a reader adapter (issue 11), which is refused for now with a clear error: a
+            LoRA teacher's student has to start from the base weights and a prompt-tuned teacher's cached
+            distributions need its virtual tokens; merge the adapter into a model folder meanwhile.
         reader_kwargs: options of the teacher reader built from ``teacher_model`` (and recorded for the student).
         work: the folder of the teacher cache and the checkpoints (default ``<out>.work`` beside ``out``);
             a rerun with the same settings reuses both, so an interrupted run resumes.
@@ -174,6 +176,14 @@ def distill(
         raise ConfigError("distill() got no training examples")
     if teacher_reader is None:
         teacher_reader = TransformersReader(teacher_model, **(reader_kwargs or {}))
+    if getattr(teacher_reader, "adapter", None):
+        # The hook is here, not yet the support: a LoRA teacher's student must start from the base weights
+        # (pruning reads plain layer names), and a prompt-tuned teacher's distributions need its virtual tokens.
+        raise ConfigError(
+            f"teacher reader {teacher_reader.name!r} carries the reader adapter {teacher_reader.adapter!r}; distilling "
+            "an adapted teacher is not supported yet: pass the teacher without adapter=, or merge the adapter into "
+            "a model folder and pass that folder as the teacher model"
+        )
     reader = teacher_reader.warm_up()
     before = reader.weights_fingerprint()
     cache_stats = build_teacher_cache(reader, source, examples, spec, work / "teacher-cache", top_k=top_k, progress=progress)
