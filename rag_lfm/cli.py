@@ -261,7 +261,8 @@ def delete(
 
 
 # Commands contributed by the companion modules: each exposes register(app, eval_app).
-PLUGIN_MODULES = ["rag_lfm.retrieval.cli", "rag_lfm.readers.cli", "rag_lfm.tradeoffs.cli", "rag_lfm.adapters.cli"]
+PLUGIN_MODULES = ["rag_lfm.retrieval.cli", "rag_lfm.readers.cli", "rag_lfm.tradeoffs.cli", "rag_lfm.adapters.cli",
+                  "rag_lfm.distill.cli"]
 for _name in PLUGIN_MODULES:
     if importlib.util.find_spec(_name) is not None:
         importlib.import_module(_name).register(app, eval_app)

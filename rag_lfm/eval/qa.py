@@ -255,6 +255,7 @@ def evaluate_qa(
             "em": exact_match(a.text, e.answers), "contains": contains_answer(a.text, e.answers),
             "f1": token_f1(a.text, e.answers), "in_context": in_ctx,
             "cited": [c.doc_id for c in a.citations], "latency_s": a.latency_s,
+            "prompt_tokens": a.prompt_tokens, "generated_tokens": a.generated_tokens,
         })
     n = len(records)
     ctx = [r["in_context"] for r in records if r["in_context"] is not None]
