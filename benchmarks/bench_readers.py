@@ -8,7 +8,8 @@ of a streamed in-context answer, prompt processing included).
 
 Then the serving target: `rag-lfm serve` answers per second (the models loaded once,
 answering /ask over HTTP) against one `rag-lfm ask` process per question (every call
-loads the index, the embedder and the reader again); target >= 10x.
+loads the index, the embedder and the reader again); target >= 10x. `--serve-readers` measures it
+for each reader named (`serve --reader X` against `ask --reader X`).
 
 The readers use the same model, SmolLM2-135M-Instruct: transformers (float32, the
 converted GGUF), llama.cpp (the packaged Q4_1 GGUF), and OpenAIReader over HTTP to a
@@ -21,6 +22,7 @@ between it and ``openai->serve`` is what HTTP costs, and the gap between
     python benchmarks/bench_readers.py --size S                # 20 questions, all readers
     python benchmarks/bench_readers.py --size L --json         # last stdout line: one JSON object
     python benchmarks/bench_readers.py --readers llamacpp,transformers --strategy replug
+    python benchmarks/bench_readers.py --readers "" --serve-readers transformers,llamacpp   # the serving target only
 """
 
 from __future__ import annotations
@@ -52,13 +54,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(args, port: int) -> subprocess.Popen:
-    """`rag-lfm serve` (transformers SmolLM2) as its own process; returns once /health answers."""
+def reader_cli_args(args, kind: str) -> list[str]:
+    """The `--reader` options of `rag-lfm ask` / `serve` for one reader kind (same model, same limits)."""
+    opts = ["--reader", kind, "--max-new-tokens", str(args.max_new_tokens), "--max-passage-tokens", str(args.max_passage_tokens)]
+    if kind == "llamacpp" and args.gguf:
+        opts += ["--model", args.gguf]
+    return opts
+
+
+def start_server(args, port: int, kind: str = "transformers") -> subprocess.Popen:
+    """`rag-lfm serve` (SmolLM2 through reader ``kind``) as its own process; returns once /health answers."""
     import httpx
 
     cmd = [sys.executable, "-m", "rag_lfm.cli", "serve", args.index, "--port", str(port), "-k", str(args.k),
-           "--max-new-tokens", str(args.max_new_tokens), "--max-passage-tokens", str(args.max_passage_tokens),
-           "--log-level", "warning"]
+           *reader_cli_args(args, kind), "--log-level", "warning"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     if args.threads:
         env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
@@ -119,16 +128,17 @@ def first_token_s(reader, questions, passages, strategy: str) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def serve_vs_processes(args, url: str, questions: list[str], n_proc: int) -> dict:
+def serve_vs_processes(args, url: str, questions: list[str], n_proc: int, kind: str = "transformers") -> dict:
     import httpx
 
     # one `rag-lfm ask` process per question: loads everything each time
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    if args.threads:
+        env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     start = time.perf_counter()
     for q in questions[:n_proc]:
         subprocess.run([sys.executable, "-m", "rag_lfm.cli", "ask", args.index, q, "-k", str(args.k), "--json",
-                        "--max-new-tokens", str(args.max_new_tokens), "--max-passage-tokens",
-                        str(args.max_passage_tokens)], env=env, check=True, capture_output=True)
+                        *reader_cli_args(args, kind)], env=env, check=True, capture_output=True)
     proc_rate = n_proc / (time.perf_counter() - start)
     n_http = max(n_proc, min(len(questions), 50))
 
@@ -141,7 +151,7 @@ def serve_vs_processes(args, url: str, questions: list[str], n_proc: int) -> dic
         with ThreadPoolExecutor(max_workers=clients) as pool:
             list(pool.map(post, questions[:n_http]))
         rates[clients] = n_http / (time.perf_counter() - start)
-    return {"ask_processes": n_proc, "ask_answers_per_s": proc_rate, "serve_requests": n_http,
+    return {"reader": kind, "ask_processes": n_proc, "ask_answers_per_s": proc_rate, "serve_requests": n_http,
             "serve_answers_per_s_1_client": rates[1], "serve_answers_per_s": rates[8],
             "ratio_1_client": rates[1] / proc_rate, "ratio": rates[8] / proc_rate,
             "ratio_ok(>=10)": rates[8] / proc_rate >= 10}
@@ -165,6 +175,8 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=12)
     ap.add_argument("--threads", type=int, default=None, help="torch / llama.cpp threads (default: theirs)")
     ap.add_argument("--no-serve-target", action="store_true", help="skip the serve vs one-process-per-question run")
+    ap.add_argument("--serve-readers", default="transformers",
+                    help="comma list: the serving target is measured for each (`serve --reader X` vs `ask --reader X`)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     n = args.n or SIZES[args.size][0]
@@ -220,11 +232,18 @@ def main() -> None:
                                                  kb.search_batch([e.query for e in ex], args.k), args.strategy)
             rows.append(row)
             print(json.dumps(row), flush=True)
-        target = None
+        targets = []
         if not args.no_serve_target and url is not None:
             questions = [e.question for e in tasks["wiki-vital"]]
-            target = serve_vs_processes(args, url, questions, n_proc)
-            print("serve target:", json.dumps(target))
+            for kind in [r.strip() for r in args.serve_readers.split(",") if r.strip()]:
+                if kind != "transformers":  # one server at a time: the first one served the transformers reader
+                    server.send_signal(signal.SIGINT)
+                    server.wait(timeout=60)
+                    port = free_port()
+                    url = f"http://127.0.0.1:{port}"
+                    server = start_server(args, port, kind)
+                targets.append(serve_vs_processes(args, url, questions, n_proc, kind))
+                print("serve target:", json.dumps(targets[-1]), flush=True)
     finally:
         if server is not None:
             server.send_signal(signal.SIGINT)
@@ -237,8 +256,8 @@ def main() -> None:
     for r in rows:
         cells = [f"{r[c]:12.3f}" if isinstance(r.get(c), float) else f"{'-':>12}" for c, _ in cols]
         print(f"{r['reader']:<20}" + "".join(cells))
-    if target:
-        print(f"\nserve {target['serve_answers_per_s']:.2f} answers/s with 8 clients "
+    for target in targets:
+        print(f"\nserve --reader {target['reader']}: {target['serve_answers_per_s']:.2f} answers/s with 8 clients "
               f"({target['serve_answers_per_s_1_client']:.2f} with one) vs one `rag-lfm ask` process per question "
               f"{target['ask_answers_per_s']:.3f} answers/s: {target['ratio']:.1f}x "
               f"({target['ratio_1_client']:.1f}x with one client; target >= 10x)")
@@ -246,7 +265,7 @@ def main() -> None:
         print("note:", note)
     print(f"total {total:.0f} s")
     if args.json:
-        print(json.dumps({"n": n, "args": vars(args), "total_s": total, "rows": rows, "serve_target": target,
+        print(json.dumps({"n": n, "args": vars(args), "total_s": total, "rows": rows, "serve_targets": targets,
                           "notes": notes}))
 
 

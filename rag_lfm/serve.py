@@ -177,6 +177,7 @@ def create_app(
     max_tokens: int = 1024,
     max_logprobs: int = 20,
     max_batch: int = 32,
+    batch_wait_ms: float = 20.0,
     api_key_env: str | None = None,
     index_path: str = "",
     on_shutdown: Callable[[], None] | None = None,
@@ -191,6 +192,9 @@ def create_app(
         max_tokens: the most tokens a ``/v1/completions`` request may ask for.
         max_logprobs: the most top log-probabilities per token a request may ask for.
         max_batch: questions waiting together are answered as one batch of at most this many.
+        batch_wait_ms: a batch that is not full waits this long for more questions before it starts
+            (0: start at once). Clients whose answers arrive together come back a few ms apart; without
+            the wait the first of them ran alone and the rest queued behind it.
         api_key_env: NAME of an environment variable; when set, requests need ``Authorization: Bearer`` with its value.
         on_shutdown: called once when the server stops (after the running requests), e.g. to close the index.
     """
@@ -207,6 +211,9 @@ def create_app(
     check_reader(reader, strategy)
     if k < 1 or max_k < 1:
         raise ConfigError(f"k and max_k must be >= 1, got k={k}, max_k={max_k}")
+    if max_batch < 1 or not batch_wait_ms >= 0:
+        raise ConfigError(f"max_batch must be >= 1 and batch_wait_ms >= 0, got max_batch={max_batch!r}, "
+                          f"batch_wait_ms={batch_wait_ms!r}")
     key = None
     if api_key_env:
         key = os.environ.get(api_key_env)
@@ -426,10 +433,18 @@ def create_app(
     waiting_lock = threading.Lock()
     stats = {"answered": 0, "batches": 0}
 
+    arrived = threading.Condition(waiting_lock)
+
     def drain() -> None:
         from rag_lfm.readers.pipeline import _check_not_empty
 
-        with waiting_lock:
+        with arrived:
+            if waiting and len(waiting) < max_batch and batch_wait_ms > 0:
+                # A short wait (the model call takes seconds) turns a ragged stream of questions
+                # into full batches; a drain that finds nothing returns at once.
+                deadline = time.monotonic() + batch_wait_ms / 1000
+                while len(waiting) < max_batch and (left := deadline - time.monotonic()) > 0:
+                    arrived.wait(left)
             jobs = waiting[:max_batch]
             del waiting[:max_batch]
         groups: dict[tuple, list] = {}
@@ -465,8 +480,9 @@ def create_app(
         try:
             loop = asyncio.get_running_loop()
             fut = loop.create_future()
-            with waiting_lock:
+            with arrived:
                 waiting.append((question, kk, strat, flt, fut, loop))
+                arrived.notify()
             worker.pool.submit(drain)  # a drain that finds its job taken by an earlier one returns at once
             return await fut
         finally:

@@ -22,6 +22,7 @@ uvicorn = pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
 from rag_lfm.connectors import InMemory  # noqa: E402
+from rag_lfm.errors import ConfigError  # noqa: E402
 from rag_lfm.readers import TransformersReader  # noqa: E402
 from rag_lfm.readers.testing import CORPUS, save_tiny_llama  # noqa: E402
 from rag_lfm.serve import create_app  # noqa: E402
@@ -256,6 +257,33 @@ def test_fifty_concurrent_clients_lose_no_request(server, kb, reader):
     for i, (_, text) in enumerate(results):
         want = reader.complete(questions[i], max_tokens=3).text if i % 5 == 4 else expected[i]
         assert text == want, i
+
+
+def test_questions_arriving_a_few_ms_apart_are_answered_as_one_batch(kb, reader):
+    """The batch window: a drain that finds a question waits for the ones right behind it."""
+    from rag_lfm.readers import ask_batch
+
+    questions = [f"{QUESTIONS[i % 5]} [{i}]" for i in range(6)]
+    expected = [a.text for a in ask_batch(kb, questions, reader=reader, k=2)]
+    with Server(create_app(kb, reader, k=2, batch_wait_ms=2000)) as s:
+        def one(i: int) -> str:
+            time.sleep(0.05 * i)  # a ragged stream: 6 questions over 250 ms, well inside the 2 s window
+            r = httpx.post(s.url + "/ask", json={"question": questions[i]}, timeout=120)
+            assert r.status_code == 200, r.text
+            return r.json()["text"]
+
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            answers = list(pool.map(one, range(6)))
+        health = httpx.get(s.url + "/health").json()
+    assert answers == expected
+    assert (health["answered"], health["answer_batches"]) == (6, 1)
+
+
+def test_batch_settings_are_checked(kb, reader):
+    with pytest.raises(ConfigError, match="batch_wait_ms"):
+        create_app(kb, reader, batch_wait_ms=-1)
+    with pytest.raises(ConfigError, match="max_batch"):
+        create_app(kb, reader, max_batch=0)
 
 
 def test_a_full_queue_answers_429_and_the_openai_client_retries(kb, reader):

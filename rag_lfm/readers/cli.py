@@ -250,6 +250,9 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             help="NAME of an environment variable: clients must send 'Authorization: Bearer <its value>'.")] = None,
         max_body_bytes: Annotated[int, typer.Option(help="Larger request bodies get 413.")] = 1 << 20,
         max_pending: Annotated[int, typer.Option(help="Requests waiting for the model at once; more get 429.")] = 64,
+        max_batch: Annotated[int, typer.Option(help="Questions waiting together are answered as one batch of at most this many.")] = 32,
+        batch_wait_ms: Annotated[float, typer.Option(
+            help="A batch that is not full waits this long (ms) for more questions before it starts; 0: at once.")] = 20.0,
         log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
     ) -> None:
         """Serve INDEX and a reader over HTTP: /search, /ask, OpenAI-compatible /v1/chat/completions and /v1/completions."""
@@ -268,7 +271,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             if hasattr(reader, "warm_up"):
                 reader.warm_up()  # load the model now, not on the first request
             app = create_app(source, reader, strategy=strategy, k=k, max_k=max_k, max_body_bytes=max_body_bytes,
-                             max_pending=max_pending, api_key_env=api_key_env, index_path=str(index),
+                             max_pending=max_pending, max_batch=max_batch, batch_wait_ms=batch_wait_ms, api_key_env=api_key_env, index_path=str(index),
                              on_shutdown=kb.close)
         except RagLfmError as exc:
             _fail(exc)
