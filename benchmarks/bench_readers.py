@@ -9,7 +9,8 @@ of a streamed in-context answer, prompt processing included).
 Then the serving target: `rag-lfm serve` answers per second (the models loaded once,
 answering /ask over HTTP) against one `rag-lfm ask` process per question (every call
 loads the index, the embedder and the reader again); target >= 10x. `--serve-readers` measures it
-for each reader named (`serve --reader X` against `ask --reader X`).
+for each reader named (`serve --reader X` against `ask --reader X`), both with every other CLI default
+(what a user types), or with `--serve-k K` at k=K and the EM rows' token limits.
 
 The readers use the same model, SmolLM2-135M-Instruct: transformers (float32, the
 converted GGUF), llama.cpp (the packaged Q4_1 GGUF), and OpenAIReader over HTTP to a
@@ -62,12 +63,19 @@ def reader_cli_args(args, kind: str) -> list[str]:
     return opts
 
 
-def start_server(args, port: int, kind: str = "transformers") -> subprocess.Popen:
-    """`rag-lfm serve` (SmolLM2 through reader ``kind``) as its own process; returns once /health answers."""
+def serving_args(args, kind: str) -> list[str]:
+    """The options both sides of the serving target get: none but the reader (every default, as a user
+    types `rag-lfm ask INDEX Q` and `rag-lfm serve INDEX`), or with ``--serve-k`` the EM rows' settings."""
+    if args.serve_k is None:
+        return ["--reader", kind] + (["--model", args.gguf] if kind == "llamacpp" and args.gguf else [])
+    return ["-k", str(args.serve_k), *reader_cli_args(args, kind)]
+
+
+def start_server(args, port: int, options: list[str]) -> subprocess.Popen:
+    """`rag-lfm serve INDEX *options` as its own process; returns once /health answers."""
     import httpx
 
-    cmd = [sys.executable, "-m", "rag_lfm.cli", "serve", args.index, "--port", str(port), "-k", str(args.k),
-           *reader_cli_args(args, kind), "--log-level", "warning"]
+    cmd = [sys.executable, "-m", "rag_lfm.cli", "serve", args.index, "--port", str(port), *options, "--log-level", "warning"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     if args.threads:
         env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
@@ -137,13 +145,13 @@ def serve_vs_processes(args, url: str, questions: list[str], n_proc: int, kind: 
         env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     start = time.perf_counter()
     for q in questions[:n_proc]:
-        subprocess.run([sys.executable, "-m", "rag_lfm.cli", "ask", args.index, q, "-k", str(args.k), "--json",
-                        *reader_cli_args(args, kind)], env=env, check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", "rag_lfm.cli", "ask", args.index, q, "--json", *serving_args(args, kind)],
+                       env=env, check=True, capture_output=True)
     proc_rate = n_proc / (time.perf_counter() - start)
     n_http = max(n_proc, min(len(questions), 50))
 
     def post(q: str) -> None:
-        httpx.post(f"{url}/ask", json={"question": q, "k": args.k}, timeout=600).raise_for_status()
+        httpx.post(f"{url}/ask", json={"question": q}, timeout=600).raise_for_status()  # the server's k
 
     rates = {}
     for clients in (1, 8):  # one client at a time, then 8 at once (the server batches waiting questions)
@@ -151,7 +159,7 @@ def serve_vs_processes(args, url: str, questions: list[str], n_proc: int, kind: 
         with ThreadPoolExecutor(max_workers=clients) as pool:
             list(pool.map(post, questions[:n_http]))
         rates[clients] = n_http / (time.perf_counter() - start)
-    return {"reader": kind, "ask_processes": n_proc, "ask_answers_per_s": proc_rate, "serve_requests": n_http,
+    return {"reader": kind, "options": serving_args(args, kind), "ask_processes": n_proc, "ask_answers_per_s": proc_rate, "serve_requests": n_http,
             "serve_answers_per_s_1_client": rates[1], "serve_answers_per_s": rates[8],
             "ratio_1_client": rates[1] / proc_rate, "ratio": rates[8] / proc_rate,
             "ratio_ok(>=10)": rates[8] / proc_rate >= 10}
@@ -177,6 +185,8 @@ def main() -> None:
     ap.add_argument("--no-serve-target", action="store_true", help="skip the serve vs one-process-per-question run")
     ap.add_argument("--serve-readers", default="transformers",
                     help="comma list: the serving target is measured for each (`serve --reader X` vs `ask --reader X`)")
+    ap.add_argument("--serve-k", type=int, default=None,
+                    help="serving target at this k with the EM rows' token limits (default: every CLI default)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     n = args.n or SIZES[args.size][0]
@@ -203,11 +213,11 @@ def main() -> None:
     names = [r.strip() for r in args.readers.split(",") if r.strip()]
     server = None
     url = None
-    if "openai" in names or not args.no_serve_target:
+    if "openai" in names:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         t = time.perf_counter()
-        server = start_server(args, port)
+        server = start_server(args, port, ["-k", str(args.k), *reader_cli_args(args, "transformers")])
         print(f"rag-lfm serve up in {time.perf_counter() - t:.1f} s at {url}")
     rows = []
     t0 = time.perf_counter()
@@ -233,15 +243,15 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
         targets = []
-        if not args.no_serve_target and url is not None:
+        if not args.no_serve_target:
             questions = [e.question for e in tasks["wiki-vital"]]
             for kind in [r.strip() for r in args.serve_readers.split(",") if r.strip()]:
-                if kind != "transformers":  # one server at a time: the first one served the transformers reader
+                if server is not None:  # one server at a time
                     server.send_signal(signal.SIGINT)
                     server.wait(timeout=60)
-                    port = free_port()
-                    url = f"http://127.0.0.1:{port}"
-                    server = start_server(args, port, kind)
+                port = free_port()
+                url = f"http://127.0.0.1:{port}"
+                server = start_server(args, port, serving_args(args, kind))
                 targets.append(serve_vs_processes(args, url, questions, n_proc, kind))
                 print("serve target:", json.dumps(targets[-1]), flush=True)
     finally:
@@ -257,7 +267,7 @@ def main() -> None:
         cells = [f"{r[c]:12.3f}" if isinstance(r.get(c), float) else f"{'-':>12}" for c, _ in cols]
         print(f"{r['reader']:<20}" + "".join(cells))
     for target in targets:
-        print(f"\nserve --reader {target['reader']}: {target['serve_answers_per_s']:.2f} answers/s with 8 clients "
+        print(f"\nserve {' '.join(target['options'])}: {target['serve_answers_per_s']:.2f} answers/s with 8 clients "
               f"({target['serve_answers_per_s_1_client']:.2f} with one) vs one `rag-lfm ask` process per question "
               f"{target['ask_answers_per_s']:.3f} answers/s: {target['ratio']:.1f}x "
               f"({target['ratio_1_client']:.1f}x with one client; target >= 10x)")
