@@ -71,6 +71,8 @@ MethodOpt = Annotated[Optional[str], typer.Option(
 FilterOpt = Annotated[Optional[str], typer.Option(help='Metadata filter as JSON, e.g. \'{"topic": "History"}\'.')]
 MaxNewOpt = Annotated[Optional[int], typer.Option(help="Longest answer, in tokens (default: the reader's).")]
 PassageOpt = Annotated[Optional[int], typer.Option(help="Each passage is cut to this many tokens (default: the reader's).")]
+DeviceOpt = Annotated[str, typer.Option(help="transformers: auto, cpu, cuda ...")]
+DtypeOpt = Annotated[str, typer.Option(help="transformers: auto, float32, bfloat16, float16.")]
 CandidatesOpt = Annotated[Optional[str], typer.Option(
     help="transformers/llamacpp: 'titles' (the passages' titles compete with the decoded answer) or 'none'.")]
 AdapterOpt = Annotated[Optional[str], typer.Option(
@@ -116,8 +118,8 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         candidates: CandidatesOpt = None,
         answer_starts: StartsOpt = None,
         adapter: AdapterOpt = None,
-        device: Annotated[str, typer.Option(help="transformers: auto, cpu, cuda ...")] = "auto",
-        dtype: Annotated[str, typer.Option(help="transformers: auto, float32, bfloat16, float16.")] = "auto",
+        device: DeviceOpt = "auto",
+        dtype: DtypeOpt = "auto",
         base_url: BaseUrlOpt = None,
         api_key_env: KeyEnvOpt = None,
         api: ApiOpt = None,
@@ -188,8 +190,8 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         candidates: CandidatesOpt = None,
         answer_starts: StartsOpt = None,
         adapter: AdapterOpt = None,
-        device: Annotated[str, typer.Option(help="transformers: auto, cpu, cuda ...")] = "auto",
-        dtype: Annotated[str, typer.Option(help="transformers: auto, float32, bfloat16, float16.")] = "auto",
+        device: DeviceOpt = "auto",
+        dtype: DtypeOpt = "auto",
         base_url: BaseUrlOpt = None,
         api_key_env: KeyEnvOpt = None,
         api: ApiOpt = None,
@@ -239,8 +241,8 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         candidates: CandidatesOpt = None,
         answer_starts: StartsOpt = None,
         adapter: AdapterOpt = None,
-        device: Annotated[str, typer.Option(help="transformers: auto, cpu, cuda ...")] = "auto",
-        dtype: Annotated[str, typer.Option(help="transformers: auto, float32, bfloat16, float16.")] = "auto",
+        device: DeviceOpt = "auto",
+        dtype: DtypeOpt = "auto",
         base_url: BaseUrlOpt = None,
         reader_api_key_env: Annotated[Optional[str], typer.Option(
             help="openai reader: NAME of the environment variable with the upstream endpoint's key.")] = None,
