@@ -159,7 +159,7 @@ def budgets(result: Any, flat: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def peak_child(n: int, budget: str, n_queries: int) -> None:
+def peak_child(n: int, budget: str, n_queries: int, families: list[str] | None = None) -> None:
     """Run the tuner alone on the synthetic collection and print its memory high-water marks (JSON).
 
     Two measures: VmHWM (resident pages of every kind, including the file-backed pages of the
@@ -191,7 +191,7 @@ def peak_child(n: int, budget: str, n_queries: int) -> None:
     sampler.start()
     tracemalloc.start()
     t = time.perf_counter()
-    res = tune(src, max_memory=budget, min_recall=0.95, queries=queries, progress=False)
+    res = tune(src, max_memory=budget, min_recall=0.95, queries=queries, families=families, progress=False)
     secs = time.perf_counter() - t
     stop.set()
     sampler.join()
@@ -280,7 +280,7 @@ def main() -> None:
 
     faiss.omp_set_num_threads(args.threads)
     if args.peak_child:
-        peak_child(size["n"], args.peak_budget, min(size["queries"], 200))
+        peak_child(size["n"], args.peak_budget, min(size["queries"], 200), args.families.split(",") if args.families else None)
         return
     print(f"args: {vars(args)} size: {size}", flush=True)
     from rag_lfm.tradeoffs import SyntheticClustered
@@ -299,7 +299,8 @@ def main() -> None:
     if "p" in args.parts:
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
         out = subprocess.run([sys.executable, __file__, "--peak-child", "--size", args.size, "--peak-budget", args.peak_budget,
-                              "--threads", str(args.threads)] + (["--n", str(args.n)] if args.n else []),
+                              "--threads", str(args.threads)] + (["--n", str(args.n)] if args.n else [])
+                             + (["--families", args.families] if args.families else []),
                              capture_output=True, text=True, env=env)
         if out.returncode != 0:
             results["peak"] = {"error": out.stderr[-1500:]}
