@@ -33,16 +33,11 @@ from rag_lfm.distill.losses import Targets, kl_loss  # noqa: E402
 from rag_lfm.errors import ConfigError  # noqa: E402
 from rag_lfm.eval.qa import QAExample  # noqa: E402
 from rag_lfm.readers import TransformersReader  # noqa: E402
+from rag_lfm.readers import testing  # noqa: E402
 from rag_lfm.readers.prompts import PromptBuilder  # noqa: E402
 from rag_lfm.types import Document  # noqa: E402
 
-CORPUS = [
-    "Claude Monet was a French painter and a founder of Impressionism.",
-    "The Eiffel Tower is a wrought-iron lattice tower in Paris, France.",
-    "Mount Everest is Earth's highest mountain above sea level.",
-    "The Nile is a major north-flowing river in northeastern Africa.",
-    "Marie Curie was a physicist and chemist who studied radioactivity.",
-]
+CORPUS = testing.CORPUS[:5]  # the five articles (testing.CORPUS adds one prompt-shaped line)
 TITLES = ["Claude Monet", "Eiffel Tower", "Mount Everest", "Nile", "Marie Curie"]
 QUESTIONS = ["Which landmark is in Paris?", "Who founded Impressionism?", "Which river is in Africa?",
              "What is the highest mountain?", "Who studied radioactivity?", "Which tower is made of iron?",
