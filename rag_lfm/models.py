@@ -153,3 +153,15 @@ def resolve_model(name_or_path: str | os.PathLike[str]) -> Path | str:
             "pass a local folder, or a known name, or go online for a hub id"
         )
     return text
+
+
+def require_transformers_folder(resolved: Path | str, given: object, role: str) -> None:
+    """Raise a clear error when ``resolved`` (from :func:`resolve_model`) is a folder without ``config.json``.
+
+    ``given`` is what the user passed (named in the message), ``role`` what the model is for.
+    """
+    if isinstance(resolved, Path) and not (resolved / "config.json").exists():
+        raise ModelNotFoundError(
+            f"{role} model path {str(given)!r} is not a transformers model folder (it has no config.json); "
+            "pass a folder written by save_pretrained, or a known name such as 'SmolLM2-135M-Instruct'"
+        )

@@ -101,14 +101,10 @@ def load_causal_lm(path: str | Path) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rag_lfm.models import resolve_model
+    from rag_lfm.models import require_transformers_folder, resolve_model
 
     resolved = resolve_model(str(path))
-    if isinstance(resolved, Path) and not (resolved / "config.json").exists():
-        raise ModelNotFoundError(
-            f"student/teacher model {str(path)!r} is not a transformers model folder (no config.json); "
-            "pass a folder written by save_pretrained"
-        )
+    require_transformers_folder(resolved, path, "student/teacher")
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolved)
         model = AutoModelForCausalLM.from_pretrained(resolved, dtype=torch.float32)

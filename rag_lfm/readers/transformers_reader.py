@@ -265,14 +265,10 @@ class TransformersReader:
         torch = _torch()
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-        from rag_lfm.models import resolve_model
+        from rag_lfm.models import require_transformers_folder, resolve_model
 
         path = resolve_model(self.model_ref)
-        if isinstance(path, Path) and not (path / "config.json").exists():
-            raise ModelNotFoundError(
-                f"reader model path {str(path)!r} is not a transformers model folder (it has no config.json); "
-                "pass a folder written by save_pretrained, or a known name such as 'SmolLM2-135M-Instruct'"
-            )
+        require_transformers_folder(path, path, "reader")
         try:
             config = AutoConfig.from_pretrained(path)
         except (OSError, ValueError) as exc:
@@ -333,7 +329,7 @@ class TransformersReader:
 
             try:
                 self.adapter_info = load_reader_adapter(self, self.adapter)
-            except Exception:
+            except BaseException:  # any failure, interrupts included: clean up, then re-raise
                 self._model = None  # not half-loaded: the next warm_up starts again
                 raise
             self.name = f"{self.name}+{Path(self.adapter_info['path']).name}"
