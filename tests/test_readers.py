@@ -16,7 +16,9 @@ transformers = pytest.importorskip("transformers")
 
 from rag_lfm.connectors import InMemory
 from rag_lfm.errors import ConfigError, ModelNotFoundError  # noqa: E402
-from rag_lfm.readers.transformers_reader import _holds_span  # noqa: E402
+from rag_lfm.eval.qa import normalize_answer  # noqa: E402
+from rag_lfm.readers.prompts import MAX_ANSWER_WORDS  # noqa: E402
+from rag_lfm.readers.transformers_reader import _holds_span, _length_passes  # noqa: E402
 from rag_lfm.readers import (  # noqa: E402
     STRATEGIES,
     Answer,
@@ -126,6 +128,37 @@ def test_shared_prefix_cache_changes_nothing(reader):
         reader.share_prefix = True
     shared = reader.generate_batch(QUESTIONS, passages, strategy="replug")
     assert [a.text for a in plain] == [a.text for a in shared]
+
+
+@pytest.mark.parametrize("strategy", ["in-context", "replug"])
+def test_dropping_ended_rows_changes_nothing(tiny_chat, monkeypatch, strategy):
+    """Rows leave the batch as their answers end, and candidates are scored in passes of similar
+    lengths; the reference path (every row decoded to the end, one scoring pass) must agree."""
+    import rag_lfm.readers.transformers_reader as tr
+
+    r = TransformersReader(tiny_chat, device="cpu", max_new_tokens=30, max_passage_tokens=40, batch_size=8).warm_up()
+    passages = [hits(3)[i % 3:] + hits(1) for i in range(5)]
+    fast = r.generate_batch(QUESTIONS, passages, strategy=strategy)
+    monkeypatch.setattr(tr, "_kv_snapshot", lambda cache: None)
+    slow = r.generate_batch(QUESTIONS, passages, strategy=strategy)
+    assert [a.text for a in fast] == [a.text for a in slow]
+    for a, b in zip(fast, slow):
+        assert [c["text"] for c in a.candidates] == [c["text"] for c in b.candidates]
+        assert [c["score"] for c in a.candidates] == pytest.approx([c["score"] for c in b.candidates], abs=1e-4)
+        for c in a.candidates:  # an answer past the word limit stops two words beyond it
+            if c["source"] != "title":
+                assert len(normalize_answer(c["text"]).split()) <= MAX_ANSWER_WORDS + 2
+
+
+def test_length_passes_split_where_padding_costs_more_than_a_pass():
+    assert _length_passes([]) == []
+    assert _length_passes([5] * 10) == [list(range(10))]
+    assert _length_passes([3, 19, 2, 4, 3]) == [[2, 0, 4, 3], [1]]
+    lengths = [1, 40, 2, 40, 1, 3]
+    passes = _length_passes(lengths, overhead=32)
+    assert sorted(i for p in passes for i in p) == list(range(6))
+    assert [sorted(lengths[i] for i in p) for p in passes] == [[1, 1, 2, 3], [40, 40]]
+    assert _length_passes(lengths, overhead=10_000) == [[0, 4, 2, 5, 1, 3]]  # a pass dearer than any padding
 
 
 def test_copy_constraint_answers_are_spans_of_the_passages(reader):

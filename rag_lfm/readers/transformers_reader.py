@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import inspect
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -32,8 +33,17 @@ from typing import Any
 import numpy as np
 
 from rag_lfm.errors import ConfigError, ModelNotFoundError
+from rag_lfm.eval.qa import normalize_answer
 from rag_lfm.readers.base import Capabilities, PromptTooLongError, check_reader, check_strategy
-from rag_lfm.readers.prompts import PromptBuilder, PromptParts, extractive_answer, keep_candidates, make_answer, plan_prompts
+from rag_lfm.readers.prompts import (
+    MAX_ANSWER_WORDS,
+    PromptBuilder,
+    PromptParts,
+    extractive_answer,
+    keep_candidates,
+    make_answer,
+    plan_prompts,
+)
 from rag_lfm.readers.streaming import TextAssembler, thread_stream
 from rag_lfm.readers.types import Answer, Completion
 from rag_lfm.types import Hit
@@ -72,6 +82,59 @@ def _crop(cache: Any, length: int) -> None:
     extra = cache.get_seq_length() - length
     if extra > 0:
         cache.crop(-extra)
+
+
+def _kv_snapshot(cache: Any) -> list[tuple[Any, Any]] | None:
+    """The key/value tensors of every layer of a plain ``DynamicCache`` (references, not copies), else None.
+
+    A ``DynamicCache`` replaces its tensors on every change (``cat``, ``repeat_interleave``,
+    indexing) and never writes into them, so references taken after the prompt keep the
+    prompt's cache however decoding goes on (rows dropped, tokens appended); other cache
+    kinds (sliding windows, quantised) carry more state, and get None.
+    """
+    try:
+        from transformers.cache_utils import DynamicLayer
+    except ImportError:  # an older transformers without cache layers
+        return None
+    layers = getattr(cache, "layers", None)
+    if not layers or any(type(layer) is not DynamicLayer or not layer.is_initialized for layer in layers):
+        return None
+    return [(layer.keys, layer.values) for layer in layers]
+
+
+def _kv_restore(cache: Any, snapshot: list[tuple[Any, Any]]) -> None:
+    """Put back the tensors :func:`_kv_snapshot` took."""
+    for layer, (keys, values) in zip(cache.layers, snapshot):
+        layer.keys, layer.values = keys, values
+
+
+def _length_passes(lengths: Sequence[int], overhead: int = 32) -> list[list[int]]:
+    """Split sequences into forward passes of similar lengths: the indices of each pass.
+
+    A pass over ``n`` sequences right-padded to width ``m`` costs about ``overhead + n * m``
+    token-evaluations (``overhead``: a pass's fixed cost, reading every weight once, in
+    tokens). Sorted by length, the cheapest split into contiguous runs is found exactly
+    (dynamic programming over split points; a few dozen candidates at most).
+
+    Example:
+        >>> _length_passes([3, 19, 2, 4, 3])
+        [[2, 0, 4, 3], [1]]
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    n = len(order)
+    best = [0.0] + [math.inf] * n  # best[j]: cheapest cost of the first j sorted sequences
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        width = lengths[order[j - 1]]  # the longest of any run ending at j
+        for i in range(j):
+            cost = best[i] + overhead + (j - i) * width
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    passes, j = [], n
+    while j > 0:
+        passes.append(order[cut[j] : j])
+        j = cut[j]
+    return passes[::-1]
 
 
 def _holds_span(tokens: list[int], span: list[int]) -> bool:
@@ -468,6 +531,10 @@ class TransformersReader:
             logits, cache = self._forward(ids, mask, positions, cache)
             next_pos = positions[:, -1:] + 1
             prompt_state = (logits, mask, next_pos, mask.shape[1])  # for _rescore
+            # Rows whose answer has ended leave the batch (every later step costs in proportion to
+            # the rows left); the prompt's cache is kept aside for _rescore. Not with on_logits,
+            # whose callers index each step's logits by group.
+            prompt_kv = _kv_snapshot(cache) if on_logits is None else None
             copy = None if copy_from is None else [_CopyConstraint(c, self._word_edges) for c in copy_from]
             stop_ids = self._stop_ids if stop_mask is None else stop_mask
             n_rows, n_first = len(prompts), n_groups
@@ -488,6 +555,13 @@ class TransformersReader:
                 n_groups *= starts
             out: list[list[int]] = [[] for _ in range(n_groups)]
             reasons = ["length"] * n_groups
+            # Among several options, an answer past MAX_ANSWER_WORDS words competes only as a last
+            # resort (keep_candidates): decoding it further is wasted, so it ends, unfinished, once it
+            # holds two words more than that (one more word could still vanish: "th" + "e" is an article).
+            cut_long = None
+            if candidates is not None or starts > 1:
+                n_opts = [starts + (len(candidates[q]) if candidates is not None else 0) for q in range(n_first)]
+                cut_long = [n_opts[g // starts] > 1 for g in range(n_groups)]
             done = torch.zeros(n_groups, dtype=torch.bool, device=dev)
             stop_rows = stop_ids.nonzero().flatten()
             # rows_ok is filled on the CPU: index it with a CPU copy, made once (on a GPU,
@@ -516,7 +590,7 @@ class TransformersReader:
                         dead = ~rows_ok.any(-1)
                         rows_ok[dead] = stop_ids[: rows_ok.shape[-1]][None].expand(int(dead.sum()), -1)
                         logits = logits.masked_fill(~rows_ok, float("-inf"))
-                    tok_g = torch.empty(n_groups, dtype=torch.long, device=dev)
+                    tok_g = torch.zeros(n_groups, dtype=torch.long, device=dev)  # (ended groups have no rows)
                     tok_g[group_idx] = logits.argmax(-1)
                 else:
                     # REPLUG: p(t) = sum_r w_r p_r(t); under the copy constraint each p_r is
@@ -539,19 +613,32 @@ class TransformersReader:
                 is_stop = stop_ids[tok_g] & ~done
                 new = (~done & ~is_stop).nonzero().flatten().tolist()
                 toks = tok_g.tolist()
+                overlong = []
                 for g in new:
                     out[g].append(toks[g])
                     if on_token is not None and on_token(g, toks[g]):
                         is_stop[g] = True  # the caller ends this group here (a stop string)
+                    elif cut_long is not None and cut_long[g] and len(out[g]) > MAX_ANSWER_WORDS + 1 \
+                            and len(normalize_answer(self._text(out[g])).split()) > MAX_ANSWER_WORDS + 1:
+                        overlong.append(g)
                 for g in is_stop.nonzero().flatten().tolist():
                     reasons[g] = "stop"
                 done |= is_stop
+                done[overlong] = True  # (reason "length": unfinished, as if it had run to the limit)
                 if bool(done.all()) or step + 1 == n_steps:
                     break  # (no forward pass for a token that would never be read)
                 tok_r = tok_g[group_idx]
                 if copy is not None:
                     for r, t in enumerate(tok_r.tolist()):
                         copy[r].advance(t)
+                if prompt_kv is not None:
+                    keep = ~done[group_idx]
+                    if not bool(keep.all()):
+                        idx = keep.nonzero().flatten()
+                        tok_r, mask, next_pos, group_idx = tok_r[idx], mask[idx], next_pos[idx], group_idx[idx]
+                        w = None if w is None else w[idx]
+                        copy = None if copy is None else [copy[i] for i in idx.tolist()]
+                        cache.batch_select_indices(idx)
                 mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=dev)], dim=1)
                 logits, cache = self._forward(tok_r[:, None], mask, next_pos, cache)
                 next_pos = next_pos + 1
@@ -565,8 +652,10 @@ class TransformersReader:
                 unfinished.append({m for m in range(starts) if reasons[g * starts + m] == "length"})
                 opts += [(t, "title") for t in (candidates[g] if candidates is not None else [])]
                 options.append(opts)
-            best, found = self._choose(cache, prompt_state, row_group0, w0, options, copy_from, echo, stride=starts,
-                                       unfinished=unfinished if starts > 1 else None)
+            # With the prompt's cache kept aside (prompt_kv) its rows are there once each: stride 1.
+            best, found = self._choose(cache, prompt_state, row_group0, w0, options, copy_from, echo,
+                                       stride=1 if prompt_kv is not None else starts,
+                                       unfinished=unfinished if starts > 1 else None, prompt_kv=prompt_kv)
             final_out, final_reasons = [], []
             for g in range(n_first):
                 b = best[g]
@@ -602,7 +691,7 @@ class TransformersReader:
 
     def _choose(
         self, cache, prompt_state, row_group, w, options, contexts, echo, *, stride: int = 1,
-        unfinished: list[set[int]] | None = None,
+        unfinished: list[set[int]] | None = None, prompt_kv=None,
     ) -> tuple[list[int], list[list[dict[str, Any]]]]:
         """Pick each group's answer among its options (decoded answers, alternative starts, titles).
 
@@ -615,7 +704,8 @@ class TransformersReader:
                                 unfinished[g] if unfinished is not None else frozenset())
                 for g, opts in enumerate(options)]
         scores = self._rescore(cache, prompt_state, row_group, w, [[options[g][i][0] for i in kept[g]] for g in range(len(options))],
-                               contexts, stride=stride)
+                               contexts, stride=stride,
+                               prompt_kv=prompt_kv)
         best, found = [], []
         for g, idx in enumerate(kept):
             if not idx:
@@ -629,7 +719,9 @@ class TransformersReader:
                           for n, i in enumerate(idx)] if sc else [])
         return best, found
 
-    def _rescore(self, cache, prompt_state, row_group, w, options, contexts=None, *, stride: int = 1) -> list[list[float]]:
+    def _rescore(
+        self, cache, prompt_state, row_group, w, options, contexts=None, *, stride: int = 1, prompt_kv=None
+    ) -> list[list[float]]:
         """Score each group's candidate answers whole, as answers to the same prompt; returns the scores
         (an empty list for a group with fewer than two candidates: nothing to choose between).
 
@@ -645,7 +737,8 @@ class TransformersReader:
 
         The prompt's key/value cache is reused (cropped back to the prompt), so only the
         candidates' tokens are computed. Row ``r`` of the prompt is cache row ``r * stride``
-        (the cache holds ``stride`` copies of each row after alternative starts).
+        (the cache holds ``stride`` copies of each row after alternative starts). With ``prompt_kv``
+        (the prompt's cache tensors, :func:`_kv_snapshot`) the cache is reset to them instead.
         """
         torch = _torch()
         first_logits, prompt_mask, next_pos, prompt_len = prompt_state
@@ -666,32 +759,41 @@ class TransformersReader:
         result: list[list[float]] = [[] for _ in options]
         if not pairs:
             return result
-        _crop(cache, prompt_len)
-        rows = torch.tensor([r for r, _ in pairs], dtype=torch.long, device=dev)
-        cache.batch_select_indices(rows * stride)
         seqs = [options[groups[r]][c] for r, c in pairs]
-        width = max(len(t) for t in seqs)
+        pair_rows = torch.tensor([r for r, _ in pairs], dtype=torch.long, device=dev)
         pad = int(self._tokenizer.pad_token_id)
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        for i, t in enumerate(seqs):
-            ids[i, : len(t)] = torch.tensor(t, dtype=torch.long)  # right-padded: pads come after, unseen
-        ids = ids.to(dev)
-        mask = torch.cat([prompt_mask[rows], torch.ones((len(seqs), width), dtype=prompt_mask.dtype, device=dev)], 1)
-        positions = next_pos[rows] + torch.arange(width, device=dev)[None]
-        kwargs = {self._cache_kw: cache}
-        logits = self._model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs).logits
-        lp_first = torch.log_softmax(first_logits.float(), -1)[rows]  # (pairs, V): predicts token 0
-        lp = torch.log_softmax(logits.float(), -1)  # position j predicts token j + 1, or the end
-        stops = self._stop_ids[: lp.shape[-1]]
+        stops = self._stop_ids[: first_logits.shape[-1]]
+        lp_first_all = torch.log_softmax(first_logits.float(), -1)  # (rows, V): predicts token 0
         totals = torch.empty(len(seqs), dtype=torch.float32, device=dev)
-        for i, t in enumerate(seqs):
-            n = len(t)
-            tok = torch.tensor(t, device=dev)
-            s = lp_first[i, tok[0]]
-            if n > 1:
-                s = s + lp[i, torch.arange(n - 1, device=dev), tok[1:]].sum()
-            s = s + torch.logsumexp(lp[i, n - 1][stops], 0)
-            totals[i] = s
+        # Candidates are right-padded to the longest of their forward pass; with the prompt's cache
+        # at hand (prompt_kv), they go in passes of similar lengths so that one long candidate
+        # does not make every short one pay its length.
+        passes = _length_passes([len(t) for t in seqs]) if prompt_kv is not None else [list(range(len(seqs)))]
+        for members in passes:
+            if prompt_kv is not None:
+                _kv_restore(cache, prompt_kv)
+            else:
+                _crop(cache, prompt_len)
+            rows = pair_rows[members]
+            cache.batch_select_indices(rows * stride)
+            width = max(len(seqs[i]) for i in members)
+            ids = torch.full((len(members), width), pad, dtype=torch.long)
+            for j, i in enumerate(members):
+                ids[j, : len(seqs[i])] = torch.tensor(seqs[i], dtype=torch.long)  # right-padded: pads come after, unseen
+            ids = ids.to(dev)
+            mask = torch.cat([prompt_mask[rows], torch.ones((len(members), width), dtype=prompt_mask.dtype, device=dev)], 1)
+            positions = next_pos[rows] + torch.arange(width, device=dev)[None]
+            kwargs = {self._cache_kw: cache}
+            logits = self._model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs).logits
+            lp = torch.log_softmax(logits.float(), -1)  # position j predicts token j + 1, or the end
+            for j, i in enumerate(members):
+                t = seqs[i]
+                n = len(t)
+                tok = torch.tensor(t, device=dev)
+                sc = lp_first_all[pairs[i][0], tok[0]]
+                if n > 1:
+                    sc = sc + lp[j, torch.arange(n - 1, device=dev), tok[1:]].sum()
+                totals[i] = sc + torch.logsumexp(lp[j, n - 1][stops], 0)
         where: dict[tuple[int, int], list[int]] = {}
         for i, (r, c) in enumerate(pairs):
             where.setdefault((groups[r], c), []).append(i)
@@ -702,7 +804,7 @@ class TransformersReader:
                 idx = where[(g, c)]
                 row_scores = totals[idx]
                 if w is not None:  # REPLUG: log sum_r w_r p_r(candidate)
-                    row_scores = row_scores + torch.log(w[rows[idx]].clamp(min=1e-30))
+                    row_scores = row_scores + torch.log(w[pair_rows[idx]].clamp(min=1e-30))
                 result[g].append(float(torch.logsumexp(row_scores, 0)) / (len(t) + 1))
         return result
 
