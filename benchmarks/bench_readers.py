@@ -153,14 +153,16 @@ def serve_vs_processes(args, url: str, questions: list[str], n_proc: int, kind: 
     def post(q: str) -> None:
         httpx.post(f"{url}/ask", json={"question": q}, timeout=600).raise_for_status()  # the server's k
 
-    rates = {}
+    rates, batches = {}, {}
     for clients in (1, 8):  # one client at a time, then 8 at once (the server batches waiting questions)
+        before = httpx.get(f"{url}/health").json()["answer_batches"]
         start = time.perf_counter()
         with ThreadPoolExecutor(max_workers=clients) as pool:
             list(pool.map(post, questions[:n_http]))
         rates[clients] = n_http / (time.perf_counter() - start)
+        batches[clients] = httpx.get(f"{url}/health").json()["answer_batches"] - before  # how the server grouped them
     return {"reader": kind, "options": serving_args(args, kind), "ask_processes": n_proc, "ask_answers_per_s": proc_rate, "serve_requests": n_http,
-            "serve_answers_per_s_1_client": rates[1], "serve_answers_per_s": rates[8],
+            "serve_answers_per_s_1_client": rates[1], "serve_answers_per_s": rates[8], "serve_batches_8_clients": batches[8],
             "ratio_1_client": rates[1] / proc_rate, "ratio": rates[8] / proc_rate,
             "ratio_ok(>=10)": rates[8] / proc_rate >= 10}
 
@@ -268,6 +270,7 @@ def main() -> None:
         print(f"{r['reader']:<20}" + "".join(cells))
     for target in targets:
         print(f"\nserve {' '.join(target['options'])}: {target['serve_answers_per_s']:.2f} answers/s with 8 clients "
+              f"in {target['serve_batches_8_clients']} batches "
               f"({target['serve_answers_per_s_1_client']:.2f} with one) vs one `rag-lfm ask` process per question "
               f"{target['ask_answers_per_s']:.3f} answers/s: {target['ratio']:.1f}x "
               f"({target['ratio_1_client']:.1f}x with one client; target >= 10x)")

@@ -192,9 +192,10 @@ def create_app(
         max_tokens: the most tokens a ``/v1/completions`` request may ask for.
         max_logprobs: the most top log-probabilities per token a request may ask for.
         max_batch: questions waiting together are answered as one batch of at most this many.
-        batch_wait_ms: a batch that is not full waits this long for more questions before it starts
-            (0: start at once). Clients whose answers arrive together come back a few ms apart; without
-            the wait the first of them ran alone and the rest queued behind it.
+        batch_wait_ms: a batch that is not full starts once no question has arrived for this long
+            (0: at once), and at the latest 10 times this long after its first question. Clients whose
+            answers arrive together come back one after another, a few ms apart; without the wait the
+            first of them ran alone and the rest queued behind it.
         api_key_env: NAME of an environment variable; when set, requests need ``Authorization: Bearer`` with its value.
         on_shutdown: called once when the server stops (after the running requests), e.g. to close the index.
     """
@@ -432,6 +433,7 @@ def create_app(
     waiting: list[tuple[str, int, str, Any, asyncio.Future, asyncio.AbstractEventLoop]] = []
     waiting_lock = threading.Lock()
     stats = {"answered": 0, "batches": 0}
+    flow = {"answered": 0, "queued": 0, "seconds": 0.0}  # the last batch: its size, who queued behind it, its time
 
     arrived = threading.Condition(waiting_lock)
 
@@ -440,13 +442,31 @@ def create_app(
 
         with arrived:
             if waiting and len(waiting) < max_batch and batch_wait_ms > 0:
-                # A short wait (the model call takes seconds) turns a ragged stream of questions
-                # into full batches; a drain that finds nothing returns at once.
-                deadline = time.monotonic() + batch_wait_ms / 1000
-                while len(waiting) < max_batch and (left := deadline - time.monotonic()) > 0:
+                # A short wait (a batch takes seconds) turns a ragged stream of questions into full
+                # batches: the batch starts once no question has come for batch_wait_ms (clients
+                # answered together come back one after another, a few ms apart). The clients of
+                # the last batch are expected back too: while fewer questions wait than that batch
+                # answered plus those that queued behind it, the batch waits for them, up to a tenth
+                # of the last batch's time (at most 25 x batch_wait_ms). Without that, a client
+                # answered alone came back just after the others had started, and stayed out of
+                # step: batches of 1 and 7 for 8 clients. A drain that finds nothing returns at once.
+                gap = batch_wait_ms / 1000
+                now = time.monotonic()
+                expected = min(max_batch, flow["answered"] + flow["queued"])
+                cap = now + max(gap, min(25 * gap, 0.1 * flow["seconds"]))
+                deadline, seen = now + gap, len(waiting)
+                while len(waiting) < max_batch:
+                    left = (deadline if len(waiting) >= expected else cap) - time.monotonic()
+                    if left <= 0:
+                        break
                     arrived.wait(left)
+                    if len(waiting) > seen:
+                        deadline, seen = min(time.monotonic() + gap, cap), len(waiting)
             jobs = waiting[:max_batch]
             del waiting[:max_batch]
+        if not jobs:
+            return
+        started = time.monotonic()
         groups: dict[tuple, list] = {}
         for job in jobs:
             question, kk, strat, flt, fut, loop = job
@@ -467,6 +487,8 @@ def create_app(
                 results: list[Any] = list(answers)
             except BaseException as exc:  # every request of the group gets the error
                 results = [exc] * len(group)
+            with arrived:  # what the next batch expects (see above)
+                flow.update(answered=len(jobs), queued=len(waiting), seconds=time.monotonic() - started)
             for job, result in zip(group, results):
                 fut, loop = job[4], job[5]
                 if isinstance(result, BaseException):

@@ -279,6 +279,47 @@ def test_questions_arriving_a_few_ms_apart_are_answered_as_one_batch(kb, reader)
     assert (health["answered"], health["answer_batches"]) == (6, 1)
 
 
+class _SlowReader:
+    """The real reader, each batch taking 2 s longer: the time a batch of a real model takes."""
+
+    def __init__(self, reader) -> None:
+        self._reader = reader
+
+    def __getattr__(self, name):
+        return getattr(self._reader, name)
+
+    def generate_batch(self, *args, **kwargs):
+        time.sleep(2.0)
+        return self._reader.generate_batch(*args, **kwargs)
+
+
+def test_a_client_answered_alone_is_waited_for_and_joins_the_next_batch(kb, reader):
+    """Client 0 is answered alone while three others queue; it comes back 60 ms after its answer,
+    past the 20 ms gap. The next batch expects it (the last batch's client plus those queued; it waits
+    up to a tenth of the last batch's time, 0.2 s here) and takes all four, instead of three now and client 0 alone after: clients stay in step."""
+    questions = [f"{QUESTIONS[i % 5]} [{i}]" for i in range(5)]
+    with Server(create_app(kb, _SlowReader(reader), k=2, batch_wait_ms=20)) as s:
+        def post(q: str) -> str:
+            r = httpx.post(s.url + "/ask", json={"question": q}, timeout=120)
+            assert r.status_code == 200, r.text
+            return r.json()["text"]
+
+        def client0() -> None:
+            post(questions[0])
+            time.sleep(0.06)
+            post(questions[4])
+
+        def queued(i: int) -> None:
+            time.sleep(0.3)  # while client 0's batch runs
+            post(questions[i])
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for f in [pool.submit(client0)] + [pool.submit(queued, i) for i in (1, 2, 3)]:
+                f.result()
+        health = httpx.get(s.url + "/health").json()
+    assert (health["answered"], health["answer_batches"]) == (5, 2)
+
+
 def test_batch_settings_are_checked(kb, reader):
     with pytest.raises(ConfigError, match="batch_wait_ms"):
         create_app(kb, reader, batch_wait_ms=-1)
