@@ -193,9 +193,10 @@ def create_app(
         max_logprobs: the most top log-probabilities per token a request may ask for.
         max_batch: questions waiting together are answered as one batch of at most this many.
         batch_wait_ms: a batch that is not full starts once no question has arrived for this long
-            (0: at once), and at the latest 10 times this long after its first question. Clients whose
-            answers arrive together come back one after another, a few ms apart; without the wait the
-            first of them ran alone and the rest queued behind it.
+            (0: at once); while fewer wait than the last batch answered plus those queued behind it, it
+            waits for them, up to a tenth of the last batch's time (at most 25 times this long). Clients
+            whose answers arrive together come back one after another; without the wait the first of
+            them ran alone and the rest queued behind it.
         api_key_env: NAME of an environment variable; when set, requests need ``Authorization: Bearer`` with its value.
         on_shutdown: called once when the server stops (after the running requests), e.g. to close the index.
     """

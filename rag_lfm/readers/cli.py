@@ -254,8 +254,8 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         max_pending: Annotated[int, typer.Option(help="Requests waiting for the model at once; more get 429.")] = 64,
         max_batch: Annotated[int, typer.Option(help="Questions waiting together are answered as one batch of at most this many.")] = 32,
         batch_wait_ms: Annotated[float, typer.Option(
-            help="A batch that is not full starts once no question has come for this long (ms), "
-                 "at the latest 10x this after its first; 0: at once.")] = 20.0,
+            help="A batch that is not full starts once no question has come for this long (ms); it also waits for "
+                 "the last batch's clients, up to a tenth of that batch's time (at most 25x this). 0: at once.")] = 20.0,
         log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
     ) -> None:
         """Serve INDEX and a reader over HTTP: /search, /ask, OpenAI-compatible /v1/chat/completions and /v1/completions."""

@@ -704,8 +704,7 @@ class TransformersReader:
                                 unfinished[g] if unfinished is not None else frozenset())
                 for g, opts in enumerate(options)]
         scores = self._rescore(cache, prompt_state, row_group, w, [[options[g][i][0] for i in kept[g]] for g in range(len(options))],
-                               contexts, stride=stride,
-                               prompt_kv=prompt_kv)
+                               contexts, stride=stride, prompt_kv=prompt_kv)
         best, found = [], []
         for g, idx in enumerate(kept):
             if not idx:
