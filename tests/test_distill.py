@@ -65,7 +65,9 @@ def kb(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def teacher(teacher_folder) -> TransformersReader:
-    return TransformersReader(teacher_folder, device="cpu", max_new_tokens=6, max_passage_tokens=40, batch_size=4).warm_up()
+    # float32: the tests below compare cached log-probabilities with a fresh forward pass to 1e-4
+    return TransformersReader(teacher_folder, device="cpu", dtype="float32", max_new_tokens=6, max_passage_tokens=40,
+                              batch_size=4).warm_up()
 
 
 def examples(n: int = len(QUESTIONS)) -> list[QAExample]:

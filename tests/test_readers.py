@@ -130,6 +130,26 @@ def test_shared_prefix_cache_changes_nothing(reader):
     assert [a.text for a in plain] == [a.text for a in shared]
 
 
+def test_prompt_head_cache_is_kept_across_calls_and_never_grows(tiny_chat):
+    """The shared prompt head's cache is computed once and reused by later calls; decoding works on
+    a copy, so the kept one still holds the head alone, and answers match a reader that recomputes it."""
+    r = TransformersReader(tiny_chat, device="cpu", max_new_tokens=12, max_passage_tokens=40).warm_up()
+    passages = [hits(3)] * 5
+    first = r.generate_batch(QUESTIONS, passages, strategy="replug")
+    assert len(r._prefix_kv) == 1
+    (key, kept), = r._prefix_kv.items()
+    calls = []
+    forward = r._forward
+    r._forward = lambda ids, *a: calls.append(ids.shape) or forward(ids, *a)
+    again = r.generate_batch(QUESTIONS, passages, strategy="replug")
+    assert kept.get_seq_length() == len(key[1])  # decoding did not grow the kept head
+    assert all(shape[0] > 1 for shape in calls)  # no batch-1 pass over the head this time
+    fresh = TransformersReader(tiny_chat, device="cpu", max_new_tokens=12, max_passage_tokens=40).warm_up()
+    fresh.share_prefix = False
+    plain = fresh.generate_batch(QUESTIONS, passages, strategy="replug")
+    assert [a.text for a in first] == [a.text for a in again] == [a.text for a in plain]
+
+
 @pytest.mark.parametrize("strategy", ["in-context", "replug"])
 def test_dropping_ended_rows_changes_nothing(tiny_chat, monkeypatch, strategy):
     """Rows leave the batch as their answers end, and candidates are scored in passes of similar

@@ -97,7 +97,7 @@ def test_end_of_sequence_counts_as_a_generated_token(tmp_path):
     r = TransformersReader(save_tiny_llama(tmp_path / "t", chat=True), device="cpu").warm_up()
     free = r.complete("The Nile", max_tokens=1, top_logprobs=2)
     head = r.model.lm_head
-    biased = torch.nn.Linear(head.in_features, head.out_features, bias=True)
+    biased = torch.nn.Linear(head.in_features, head.out_features, bias=True, dtype=head.weight.dtype)
     with torch.no_grad():
         biased.weight.copy_(head.weight)
         biased.bias.zero_()
