@@ -128,6 +128,17 @@ def test_batch_embeds_all_queries_in_one_pass_and_reports_a_run_per_query(kb):
     assert isinstance(r.batch(["ok", 3], return_exceptions=True)[1], ConfigError)
 
 
+def test_retriever_defaults_to_the_index_retriever_like_kb_search(kb):
+    """Without `method`, the chain retrieves what kb.search / `ask` retrieve (the index's recorded
+    retriever, hybrid by default); an explicit method is built as asked."""
+    default = RagLfmRetriever(kb=kb, k=3)
+    assert default.retriever.to_config() == kb.retriever.to_config()
+    for q in ("apples", "sour", "red trees"):
+        assert [d.id for d in default.invoke(q)] == [h.doc_id for h in kb.search(q, k=3)]
+    assert RagLfmRetriever(kb=kb, k=3, method="dense").retriever.method == "dense"
+    assert RagLfmRetriever(kb=kb, k=3, mmr_lambda=0.5).retriever.mmr_lambda == 0.5  # on top of the index's
+
+
 def test_retriever_options_pass_through(kb):
     dense = RagLfmRetriever(kb=kb, k=3, metric="cosine").invoke("apples")
     assert {d.id for d in dense[:2]} == {"a", "c"}

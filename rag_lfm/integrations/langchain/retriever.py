@@ -67,7 +67,10 @@ class RagLfmRetriever(BaseRetriever):
         k: Documents per query (``invoke(q, k=...)`` overrides it for one call).
         filter: a metadata filter applied to every query (rag-lfm's language, plus LangChain
             FAISS's plain lists and ``$neq``); a filter given to ``invoke`` applies as well (AND).
-        method: ``"dense"``, ``"bm25"`` or ``"hybrid"``.
+        method: None (default): the index's own retriever, as ``kb.search`` runs it (the recorded
+            hybrid dense + BM25 unless the index was built dense), the other options below given
+            explicitly applying on top of it; or ``"dense"``, ``"bm25"`` or ``"hybrid"``, built
+            from the options below with their defaults.
         metric, pool, pool_factor, fusion, weights, rrf_k, normalize, depth, bm25_settings,
         reranker, rerank_top, mmr_lambda, mmr_pool, vector_cache: as in
             :class:`rag_lfm.retrieval.Retriever`.
@@ -82,7 +85,7 @@ class RagLfmRetriever(BaseRetriever):
     kb: Any
     k: int = 4
     filter: dict[str, Any] | None = None
-    method: str = "dense"
+    method: str | None = None
     metric: Any = None
     pool: int | None = None
     pool_factor: int = 10
@@ -112,10 +115,15 @@ class RagLfmRetriever(BaseRetriever):
         if "weights" in data and data["weights"] is not None:
             data["weights"] = [float(w) for w in data["weights"]]
         for name in ("method", "fusion", "normalize", "vector_cache"):
-            if name in data and not isinstance(data[name], str):
+            if name in data and not isinstance(data[name], str) and not (name == "method" and data[name] is None):
                 raise ConfigError(f"{name}={data[name]!r} must be a str")
+        given = {key: data[key] for key in _RETRIEVER_KEYS if key in data and key != "method"}
         super().__init__(kb=kb, **data)
-        self._inner = Retriever(kb, **{key: getattr(self, key) for key in _RETRIEVER_KEYS})
+        if self.method is None:
+            # What kb.search, `rag-lfm search` and `ask` run: the index's recorded retriever (issue 9).
+            self._inner = Retriever.from_config(kb, kb.manifest.get("retriever"), **given)
+        else:
+            self._inner = Retriever(kb, **{key: getattr(self, key) for key in _RETRIEVER_KEYS})
 
     @property
     def retriever(self) -> Retriever:
