@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     t = time.perf_counter()
     reader = TransformersReader().warm_up()  # converted once from its packaged GGUF, then loaded in ~1 s
     answers = ask_batch(kb, QUESTIONS, reader=reader)  # the default strategy and k, answered as one batch
-    print(f"frozen reader {reader.name}: {len(QUESTIONS)} questions in {time.perf_counter() - t:.1f} s "
+    print(f"frozen reader {reader.name} ({reader.dtype}): {len(QUESTIONS)} questions in {time.perf_counter() - t:.1f} s "
           f"({answers[0].strategy}, k as default), first answer {time.perf_counter() - t0:.0f} s after the start")
     for answer in answers:
         print(f"question: {answer.question}\nanswer:   {answer.text}")

@@ -72,7 +72,7 @@ FilterOpt = Annotated[Optional[str], typer.Option(help='Metadata filter as JSON,
 MaxNewOpt = Annotated[Optional[int], typer.Option(help="Longest answer, in tokens (default: the reader's).")]
 PassageOpt = Annotated[Optional[int], typer.Option(help="Each passage is cut to this many tokens (default: the reader's).")]
 DeviceOpt = Annotated[str, typer.Option(help="transformers: auto, cpu, cuda ...")]
-DtypeOpt = Annotated[str, typer.Option(help="transformers: auto, float32, bfloat16, float16.")]
+DtypeOpt = Annotated[str, typer.Option(help="transformers: auto (bfloat16 on a GPU or a CPU with native bfloat16, else float32), float32, bfloat16, float16.")]
 CandidatesOpt = Annotated[Optional[str], typer.Option(
     help="transformers/llamacpp: 'titles' (the passages' titles compete with the decoded answer) or 'none'.")]
 AdapterOpt = Annotated[Optional[str], typer.Option(
