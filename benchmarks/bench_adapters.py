@@ -47,6 +47,8 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=1, help="torch / BLAS threads (pinned before torch loads)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--qa-n", type=int, default=40, help="wiki test questions (the same sample for every reader)")
+    ap.add_argument("--qa-split", default="test", choices=["test", "dev"],
+                    help="wiki questions from test documents (the report) or dev documents (to choose reader-adapter settings)")
     ap.add_argument("--general-n", type=int, default=40, help="general_dev questions (first N; 0 = all 292)")
     ap.add_argument("--train-n", type=int, default=80, help="reader training examples (train documents)")
     ap.add_argument("--valid-n", type=int, default=8, help="reader early-stopping examples (dev documents)")
@@ -274,7 +276,7 @@ def phase_qa(args, kb, which: str) -> dict:
     adapter = None if which == "frozen" else str(Path(args.out) / f"reader-{which}")
     reader = _reader(args, adapter)
     src = _source(kb)
-    wiki = wiki_vital_task(args.qa_n, seed=args.seed, split="test", query="description")
+    wiki = wiki_vital_task(args.qa_n, seed=args.seed, split=args.qa_split, query="description")
     general = load_qa_jsonl(DATA / "general_dev.jsonl")
     general = general[: args.general_n] if args.general_n else general
     rows = {}
@@ -388,7 +390,9 @@ def main() -> None:
                 res = phase_qa(args, kb, p.split("-", 1)[1])
             res["phase_seconds"] = round(time.perf_counter() - t, 1)
             res["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-            (out / f"{p}.json").write_text(json.dumps(res, indent=1, default=str))
+            # dev-split QA results sit beside the report's (test) ones, never in their place
+            name = f"{p}-dev" if p.startswith("qa-") and args.qa_split == "dev" else p
+            (out / f"{name}.json").write_text(json.dumps(res, indent=1, default=str))
     summary = report(args)
     if args.json:
         print(json.dumps(summary, default=str))
