@@ -543,8 +543,8 @@ class TransformersReader:
             dev = self.device
             pad = int(self._tokenizer.pad_token_id)
             # Keep at least one token of every row outside the shared prefix.
-            # One row gains nothing from a shared prefix (it would only split the prefill in two).
-            shared = min(prefix_len, min(len(p) for p in prompts) - 1) if self.share_prefix and len(prompts) > 1 else 0
+            # One row gains too: the head's cache is kept across calls (_prefix_cache).
+            shared = min(prefix_len, min(len(p) for p in prompts) - 1) if self.share_prefix else 0
             if shared > 0 and any(p[:shared] != prompts[0][:shared] for p in prompts):
                 shared = 0
             cache = None
