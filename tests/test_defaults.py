@@ -141,3 +141,18 @@ def test_default_reader_answers_with_another_entity_than_the_question_names():
     reader = TransformersReader()
     answer = reader.generate("Who was John Lennon's songwriting partner?", [hit])
     assert "McCartney" in answer.text, answer.candidates
+
+
+def test_demo_held_out_questions_follow_their_rule():
+    """The demo's questions after its first three are the first question of each form of the held-out set, as written."""
+    import json
+    from pathlib import Path
+
+    from rag_lfm.demo import HELD_OUT_IDS, QUESTIONS
+
+    first: dict[str, dict] = {}
+    for line in (Path(__file__).resolve().parents[1] / "benchmarks/data/general_test.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        first.setdefault(row["form"], row)
+    assert tuple(r["id"] for r in first.values()) == HELD_OUT_IDS
+    assert QUESTIONS[3:] == [(r["question"], tuple(r["answers"])) for r in first.values()]
