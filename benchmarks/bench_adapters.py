@@ -53,12 +53,18 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--train-n", type=int, default=80, help="reader training examples (train documents)")
     ap.add_argument("--valid-n", type=int, default=8, help="reader early-stopping examples (dev documents)")
     ap.add_argument("--cloze-share", type=float, default=0.4, help="share of fill-in-the-blank training examples")
+    ap.add_argument("--anchors", type=int, default=0,
+                    help="closed-book anchors added to the reader training examples: N of their questions without "
+                         "passages, the target the frozen reader's own answer (holds the closed-book shift); the "
+                         "held-out set gets the same share")
     ap.add_argument("--grad-accum", type=int, default=2)
     ap.add_argument("--eval-every", type=int, default=8, help="optimizer steps between early-stopping checks")
     ap.add_argument("--lora-rank", type=int, default=8)
     ap.add_argument("--lora-lr", type=float, default=1e-3)
     ap.add_argument("--lora-top-layers", type=int, default=12, help="LoRA on the last N layers only (0 = all)")
     ap.add_argument("--lora-targets", default="q_proj,k_proj,v_proj,o_proj", help="modules LoRA wraps")
+    ap.add_argument("--choice-weight", type=float, default=0.0,
+                    help="LoRA: weight of the loss on choosing the gold answer among the passages' titles (0 = off)")
     ap.add_argument("--prompt-tokens", type=int, default=16)
     ap.add_argument("--prompt-lr", type=float, default=3e-2)
     ap.add_argument("--max-passage-tokens", type=int, default=64,
@@ -255,15 +261,24 @@ def phase_train(args, kb, method: str) -> dict:
     print(f"{method}: {len(train)} training examples ({sum(e.form == 'cloze' for e in train)} cloze), {len(valid)} held-out, "
           f"built in {time.perf_counter() - t0:.0f} s", flush=True)
     reader = _reader(args)
+    if args.anchors:
+        from rag_lfm.adapters.reader import closed_book_anchors
+
+        n_valid = round(args.anchors * len(valid) / max(len(train), 1))
+        train = train + closed_book_anchors(reader, [e.question for e in train][: args.anchors], seed=args.seed)
+        valid = valid + closed_book_anchors(reader, [e.question for e in valid][:n_valid], seed=args.seed + 1)
+        print(f"{method}: + closed-book anchors (the frozen reader's answers): {sum(e.form == 'keep' for e in train)} "
+              f"training, {sum(e.form == 'keep' for e in valid)} held-out", flush=True)
     before = reader.base_weights_fingerprint()
     kw = {"rank": args.lora_rank, "lr": args.lora_lr, "target_modules": args.lora_targets.split(","),
-                                         "top_layers": args.lora_top_layers or None} if method == "lora" else {"virtual_tokens": args.prompt_tokens, "lr": args.prompt_lr}
+                                         "top_layers": args.lora_top_layers or None, "choice_weight": args.choice_weight} if method == "lora" else {"virtual_tokens": args.prompt_tokens, "lr": args.prompt_lr}
     rep = train_reader_adapter(reader, train, valid, method=method, out=Path(args.out) / f"reader-{method}", epochs=1,
                                grad_accum=args.grad_accum, eval_every=args.eval_every, patience=3, seed=args.seed,
                                progress=not args.json, **kw)
     assert reader.base_weights_fingerprint() == before
     out = rep.to_dict()
-    out["examples"] = {"train": len(train), "valid": len(valid), "cloze": sum(e.form == "cloze" for e in train)}
+    out["examples"] = {"train": len(train), "valid": len(valid), "cloze": sum(e.form == "cloze" for e in train),
+                       "anchors": sum(e.form == "keep" for e in train)}
     out["base_hash_unchanged"] = _reader(args, adapter=rep.out).base_weights_fingerprint() == before
     print(f"{method}: {rep.steps} steps, best held-out loss {rep.best_valid_loss}, {rep.trainable_params:,} trainable "
           f"({100 * rep.trainable_share:.3f}%), {rep.seconds:.0f} s; base hash unchanged: {out['base_hash_unchanged']}", flush=True)

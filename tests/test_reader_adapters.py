@@ -162,3 +162,76 @@ def test_wiki_reader_examples_split_by_document_with_passages_in_retriever_order
     with pytest.raises(ConfigError, match="ks=\\[0\\] must be ints from 1 to 16"):
         wiki_reader_examples(kb, ks=(0,), entries=entries)
     kb.close()
+
+
+def test_choice_loss_scores_candidates_as_the_reader_does_and_teaches_the_choice(tiny, tmp_path):
+    """The passage-choice loss: its token part equals the plain loss; its candidates are the passages'
+    titles and the gold; training with it makes the gold win over the other titles more often."""
+    from rag_lfm.adapters.reader import _choices, _encode_example, _loss
+
+    reader = _reader(tiny).warm_up()
+    ex = _examples(3)[2]  # three passages, the gold first
+    prompt, target = _encode_example(reader, ex, max_len=512)
+    cands, gold = _choices(reader, ex, target)
+    assert gold == 0 and cands[0] == target and len(cands) == 3  # the gold, then the two other titles
+    assert _choices(reader, ReaderExample(ex.question, [], ex.answer), target) is None  # closed-book: nothing to choose
+    with torch.no_grad():
+        plain = float(_loss(reader.model, prompt, target, "cpu"))
+        tiny_w = float(_loss(reader.model, prompt, target, "cpu", (cands, gold), 1e-9))
+        ce = float(_loss(reader.model, prompt, target, "cpu", (cands, gold), 1.0))
+    assert abs(plain - tiny_w) < 1e-4  # the cached-prompt path computes the same token loss
+    assert ce > plain  # plus a positive choice term
+    with pytest.raises(ConfigError, match="choice_weight"):
+        train_reader_adapter(reader, _examples(2), method="prompt", out=tmp_path / "p", choice_weight=1.0, progress=False)
+    with pytest.raises(ConfigError, match="choice_weight"):
+        train_reader_adapter(reader, _examples(2), method="lora", out=tmp_path / "p", choice_weight=-1.0, progress=False)
+    rep = train_reader_adapter(reader, _examples(8), _examples(4), method="lora", out=tmp_path / "c", epochs=4, grad_accum=2,
+                               lr=1e-2, rank=4, eval_every=4, patience=10, progress=False, seed=0, choice_weight=1.0)
+    losses = [h["valid_loss"] for h in rep.history]
+    assert min(losses[1:]) < losses[0]
+    assert json.loads((tmp_path / "c" / "rag_lfm_reader_adapter.json").read_text())["choice_weight"] == 1.0
+
+
+def test_closed_book_anchors_hold_the_frozen_reader_answers(tiny):
+    from rag_lfm.adapters.reader import closed_book_anchors
+
+    reader = _reader(tiny).warm_up()
+    qs = [e.question for e in _examples(5)]
+    anchors = closed_book_anchors(reader, qs + qs[:2], seed=0)  # repeats are dropped
+    assert 1 <= len(anchors) <= 5 and all(a.passages == [] and a.form == "keep" for a in anchors)
+    frozen = {q: reader.generate(q, [], strategy="closed-book").text.strip() for q in qs}
+    assert all(a.answer == frozen[a.question] for a in anchors)
+
+
+def test_unknown_lora_target_module_is_refused_with_the_valid_names(tiny, tmp_path):
+    reader = _reader(tiny).warm_up()
+    with pytest.raises(ConfigError, match=r"qproj.*q_proj"):
+        train_reader_adapter(reader, _examples(2), method="lora", out=tmp_path / "x", target_modules=["qproj"], progress=False)
+
+
+def test_cli_tune_reader_with_anchors_and_choice_loss(tiny, tmp_path):
+    from typer.testing import CliRunner
+
+    from rag_lfm import Document, HashEmbedder, InMemory, KnowledgeBase
+    from rag_lfm.cli import app
+
+    kb = KnowledgeBase.create(tmp_path / "kb", embedder=HashEmbedder(64))
+    kb.ingest(InMemory([Document(t, c, {"title": t}) for t, c in zip(TITLES, CORPUS)]), progress=False)
+    kb.close()
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("\n".join(json.dumps({"question": f"Which article is about {c.split()[-1]}?", "answers": [t]})
+                            for t, c in zip(TITLES, CORPUS)))
+    run = CliRunner().invoke
+    common = ["tune", "reader", str(tmp_path / "kb"), "--qa", str(qa), "--model", str(tiny), "--n", "4", "--n-valid", "1",
+              "--k", "1,2", "--grad-accum", "1", "--rank", "2", "--max-passage-tokens", "24"]
+    r = run(app, common + ["--max-steps", "2", "--anchors", "2", "--choice-weight", "1", "--targets", "q_proj,v_proj",
+                           "--name", str(tmp_path / "ad"), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output.strip().splitlines()[-1])
+    assert out["steps"] == 2 and out["method"] == "lora"
+    meta = json.loads((tmp_path / "ad" / "rag_lfm_reader_adapter.json").read_text())
+    assert meta["choice_weight"] == 1.0 and meta["forms"]["keep"] >= 1  # the anchors were trained on
+    r = run(app, common + ["--targets", "qproj", "--name", str(tmp_path / "bad")])
+    assert r.exit_code == 2 and "'qproj'" in r.output and "q_proj" in r.output
+    r = run(app, common + ["--anchors", "-1", "--name", str(tmp_path / "bad")])
+    assert r.exit_code == 2 and "--anchors -1" in r.output

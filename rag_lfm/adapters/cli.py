@@ -101,6 +101,10 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:  # noqa: ARG001 -
         max_steps: Annotated[Optional[int], typer.Option(help="Cap on optimizer steps.")] = None,
         grad_accum: Annotated[int, typer.Option(help="Examples per optimizer step.")] = 4,
         rank: Annotated[int, typer.Option(help="lora: rank (1..256).")] = 8,
+        targets: Annotated[str, typer.Option(help="lora: comma list of the modules it wraps.")] = "q_proj,v_proj",
+        top_layers: Annotated[Optional[int], typer.Option(help="lora: wrap the last N layers only (default: all).")] = None,
+        choice_weight: Annotated[float, typer.Option(help="lora: weight of the loss on choosing the gold answer among the passages' titles (0 = off).")] = 0.0,
+        anchors: Annotated[int, typer.Option(help="Closed-book anchors: this many training questions without passages, the target the frozen reader's own answer (holds closed-book behaviour).")] = 0,
         virtual_tokens: Annotated[int, typer.Option(help="prompt: virtual tokens (1..512).")] = 16,
         lr: Annotated[Optional[float], typer.Option(help="Learning rate (default 2e-4 lora, 3e-2 prompt).")] = None,
         max_passage_tokens: Annotated[Optional[int], typer.Option(help="Reader option: tokens per passage.")] = None,
@@ -138,8 +142,19 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:  # noqa: ARG001 -
                 fl = [f.strip() for f in forms.split(",") if f.strip()]
                 train = wiki_reader_examples(kb, split="train", n=n, forms=fl, ks=k_list, seed=seed)
                 valid = wiki_reader_examples(kb, split="dev", n=n_valid, forms=fl, ks=k_list, seed=seed + 1)
+            if anchors < 0:
+                raise ConfigError(f"--anchors {anchors} is out of range; use 0 (none) or a positive number of questions")
+            if anchors:
+                from rag_lfm.adapters.reader import closed_book_anchors
+
+                reader.warm_up()
+                n_va = round(anchors * len(valid) / max(len(train), 1))
+                train = train + closed_book_anchors(reader, [e.question for e in train][:anchors], seed=seed)
+                valid = valid + closed_book_anchors(reader, [e.question for e in valid][:n_va], seed=seed + 1)
+            mods = [m.strip() for m in targets.split(",") if m.strip()]
             rep = train_reader_adapter(reader, train, valid, method=method, out=name or f"reader-{method}", epochs=epochs,
                                        max_steps=max_steps, grad_accum=grad_accum, rank=rank, virtual_tokens=virtual_tokens,
+                                       target_modules=mods, top_layers=top_layers, choice_weight=choice_weight,
                                        lr=lr, seed=seed, resume=resume, progress=not as_json)
         except RagLfmError as exc:
             _fail(exc)

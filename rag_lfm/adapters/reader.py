@@ -312,6 +312,32 @@ def wiki_reader_examples(
     return out
 
 
+def closed_book_anchors(reader: Any, questions: Sequence[str], *, seed: int = 0) -> list[ReaderExample]:
+    """Closed-book examples whose targets are the FROZEN reader's own closed-book answers.
+
+    Mixed into an adapter's training data they hold what the adapter was not trained for: with no
+    passages, the adapted model keeps answering as the frozen one did (the adapters issue asks
+    that closed-book answers move by less than 2 points). The questions may be the training
+    questions themselves: with passages the target is the gold answer, without them the frozen
+    model's answer, so the adapter learns to read, not to memorise.
+
+    Args:
+        reader: a :class:`~rag_lfm.readers.TransformersReader` without an adapter (the one trained).
+        questions: questions of training documents (never of the documents it is tested on).
+
+    Example:
+        >>> anchors = closed_book_anchors(TransformersReader().warm_up(), ["Who wrote the Aeneid?"])  # doctest: +SKIP
+        >>> anchors[0].passages, anchors[0].form
+        ([], 'keep')
+    """
+    if getattr(reader, "adapter", None):
+        raise ConfigError("closed-book anchors come from the frozen reader; pass one without an adapter")
+    qs = list(dict.fromkeys(q for q in questions if q and q.strip()))
+    random.Random(seed).shuffle(qs)
+    answers = reader.generate_batch(qs, None, strategy="closed-book")
+    return [ReaderExample(q, [], a.text.strip(), "keep") for q, a in zip(qs, answers) if a.text.strip()]
+
+
 # --------------------------------------------------------------------------- training
 
 
@@ -352,15 +378,68 @@ def _encode_example(reader: Any, ex: ReaderExample, *, max_len: int) -> tuple[li
     return prompt, target
 
 
-def _loss(model: Any, prompt: list[int], target: list[int], device: str) -> Any:
+def _choices(reader: Any, ex: ReaderExample, target: list[int]) -> tuple[list[list[int]], int] | None:
+    """The answers the reader weighs for ``ex`` (its passages' titles, as ``candidates="titles"``
+    spells them, and the gold answer), each ending like ``target``; and the gold's index.
+    None when there is nothing to choose between (closed-book, or the gold is the only one)."""
+    if not ex.passages:
+        return None
+    from rag_lfm.eval.qa import normalize_answer
+    from rag_lfm.readers.prompts import passage_title
+
+    tok = reader.tokenizer
+    end = [target[-1]] if tok.eos_token_id is not None and target and target[-1] == tok.eos_token_id else []
+    gold = normalize_answer(ex.answer)
+    cands, gi = [list(target)], 0
+    for title in dict.fromkeys(passage_title(h) for h in ex.passages):
+        if normalize_answer(title) == gold:
+            continue  # the gold answer is already there
+        cands.append(list(tok(" " + title, add_special_tokens=False)["input_ids"]) + end)
+    return (cands, gi) if len(cands) > 1 else None
+
+
+def _loss(model: Any, prompt: list[int], target: list[int], device: str,
+          choices: tuple[list[list[int]], int] | None = None, choice_weight: float = 0.0) -> Any:
+    """Token cross-entropy of the gold answer; with ``choices`` and ``choice_weight`` > 0, plus
+    ``choice_weight`` x the cross-entropy of choosing the gold among the candidate answers, each
+    scored as the reader scores candidates (the mean log-probability of its tokens and its end)."""
     import torch
 
-    ids = torch.tensor([prompt + target], dtype=torch.long, device=device)
-    n = len(target)
-    # Only the answer's positions need logits: the vocabulary projection is a fifth of a small model.
-    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), logits_to_keep=n + 1)
-    logits = out.logits[0, -(n + 1) : -1].float()
-    return torch.nn.functional.cross_entropy(logits, torch.tensor(target, device=device))
+    if choices is None or choice_weight <= 0:
+        ids = torch.tensor([prompt + target], dtype=torch.long, device=device)
+        n = len(target)
+        # Only the answer's positions need logits: the vocabulary projection is a fifth of a small model.
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), logits_to_keep=n + 1)
+        logits = out.logits[0, -(n + 1) : -1].float()
+        return torch.nn.functional.cross_entropy(logits, torch.tensor(target, device=device))
+    cands, gold = choices
+    # The prompt runs once; its key/value cache is repeated for the candidates, which then cost
+    # only their own few tokens (gradients flow through the repeated cache into the prompt).
+    ids = torch.tensor([prompt], dtype=torch.long, device=device)
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, logits_to_keep=1)
+    first = torch.log_softmax(out.logits[0, -1].float(), -1)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(len(cands))
+    width = max(len(c) for c in cands)
+    if width > 1:
+        step = torch.zeros((len(cands), width - 1), dtype=torch.long, device=device)
+        for j, c in enumerate(cands):
+            step[j, : len(c) - 1] = torch.tensor(c[:-1], dtype=torch.long)  # right-padded: pads come after, unseen
+        mask = torch.ones((len(cands), len(prompt) + width - 1), dtype=torch.long, device=device)
+        pos = torch.arange(len(prompt), len(prompt) + width - 1, device=device)[None].expand(len(cands), -1)
+        lp = torch.log_softmax(model(input_ids=step, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                                     use_cache=True).logits.float(), -1)
+    sums = []
+    for j, c in enumerate(cands):
+        total = first[c[0]]
+        if len(c) > 1:
+            total = total + lp[j, torch.arange(len(c) - 1, device=device), torch.tensor(c[1:], device=device)].sum()
+        sums.append(total)
+    sums_t = torch.stack(sums)
+    means = sums_t / torch.tensor([len(c) for c in cands], dtype=torch.float32, device=device)
+    token_ce = -sums_t[gold] / len(cands[gold])
+    choice_ce = torch.nn.functional.cross_entropy(means[None], torch.tensor([gold], device=device))
+    return token_ce + choice_weight * choice_ce
 
 
 def _save_optimizer(opt: Any, path: Path) -> None:
@@ -408,6 +487,7 @@ def train_reader_adapter(
     target_modules: Sequence[str] = ("q_proj", "v_proj"),
     top_layers: int | None = None,
     virtual_tokens: int = 16,
+    choice_weight: float = 0.0,
     max_len: int = 1024,
     eval_every: int = 10,
     patience: int = 3,
@@ -427,6 +507,10 @@ def train_reader_adapter(
         epochs / max_steps: passes over ``train`` / a cap on optimizer steps (``grad_accum`` examples each).
         eval_every: optimizer steps between validation losses; the best adapter is kept in ``out``,
             and training stops after ``patience`` evaluations without a gain.
+        choice_weight: LoRA only: with passages, add this times a loss on CHOOSING the gold answer among
+            the passages' titles, scored whole as ``candidates="titles"`` scores them at answer time (the
+            frozen model answers with another passage's title; the token loss alone does not teach it
+            which passage to trust). 0 = the token loss alone.
         out: a folder, or a bare name saved under :func:`reader_adapter_home`.
         resume: continue from ``out/checkpoint`` when present.
 
@@ -444,6 +528,10 @@ def train_reader_adapter(
         raise ConfigError(f"virtual_tokens {virtual_tokens!r} is out of range; use an int from 1 to 512")
     if int(max_len) < 16:
         raise ConfigError(f"max_len {max_len!r} is out of range; use at least 16 tokens")
+    if not 0.0 <= float(choice_weight) <= 100.0:
+        raise ConfigError(f"choice_weight {choice_weight!r} is out of range; use a number from 0 (token loss only) to 100")
+    if choice_weight and method != "lora":
+        raise ConfigError(f"choice_weight applies to method 'lora' only (got method {method!r}); use choice_weight=0")
     if not train:
         raise ConfigError("no training examples: pass at least one (question, passages, answer) example")
     if getattr(reader, "adapter", None):
@@ -464,6 +552,12 @@ def train_reader_adapter(
             if isinstance(top_layers, bool) or not isinstance(top_layers, int) or not 1 <= top_layers <= max(n_layers, 1):
                 raise ConfigError(f"top_layers {top_layers!r} is out of range; use an int from 1 to {n_layers} (the model's layers)")
             layers = list(range(n_layers - top_layers, n_layers))
+        names = {n.rsplit(".", 1)[-1] for n, _ in base.named_modules()}
+        unknown = [m for m in target_modules if m not in names]
+        if unknown or not target_modules:
+            linear = sorted({n.rsplit(".", 1)[-1] for n, m in base.named_modules() if type(m).__name__ == "Linear"})
+            raise ConfigError(f"LoRA target modules {unknown or list(target_modules)!r} are not modules of this model; "
+                              f"use some of: {', '.join(linear)}")
         cfg = peft.LoraConfig(r=rank, lora_alpha=alpha or 2 * rank, lora_dropout=0.0, target_modules=list(target_modules),
                               task_type="CAUSAL_LM", layers_to_transform=layers, layers_pattern="layers" if layers else None)
     else:
@@ -482,8 +576,12 @@ def train_reader_adapter(
     trainable = sum(p.numel() for p in pm.parameters() if p.requires_grad)
     lr = lr if lr is not None else (2e-4 if method == "lora" else 3e-2)
     opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    enc_train = [_encode_example(reader, ex, max_len=max_len) for ex in train]
-    enc_valid = [_encode_example(reader, ex, max_len=max_len) for ex in valid]
+    def encode(ex: ReaderExample) -> tuple[list[int], list[int], Any]:
+        prompt, target = _encode_example(reader, ex, max_len=max_len)
+        return prompt, target, _choices(reader, ex, target) if choice_weight else None
+
+    enc_train = [encode(ex) for ex in train]
+    enc_valid = [encode(ex) for ex in valid]
     order: list[int] = []
     for e in range(max(1, int(epochs))):
         idx = list(range(len(enc_train)))
@@ -504,7 +602,7 @@ def train_reader_adapter(
             return None
         pm.eval()
         with torch.no_grad():
-            v = sum(float(_loss(pm, p, t, device)) for p, t in enc_valid) / len(enc_valid)
+            v = sum(float(_loss(pm, p, t, device, c, choice_weight)) for p, t, c in enc_valid) / len(enc_valid)
         pm.train()
         return v
 
@@ -513,7 +611,7 @@ def train_reader_adapter(
         pm.save_pretrained(str(out))
         meta = {"method": method, "base_model": reader.model_ref, "base_signature": model_signature(base),
                 "trainable_params": trainable, "frozen_params": frozen, "seed": seed, "lr": lr, "rank": rank if method == "lora" else None, "top_layers": top_layers if method == "lora" else None,
-                "virtual_tokens": virtual_tokens if method == "prompt" else None, "forms": _forms(train),
+                "virtual_tokens": virtual_tokens if method == "prompt" else None, "choice_weight": choice_weight, "forms": _forms(train),
                 "train_examples": len(train), "valid_examples": len(valid), "history": state["history"],
                 "best_valid_loss": state["best"], "reader_options": {"max_passage_tokens": reader.max_passage_tokens,
                                                                       "one_shot": reader.one_shot}}
@@ -538,7 +636,8 @@ def train_reader_adapter(
         opt.zero_grad()
         acc = 0.0
         for j in order[s * grad_accum : (s + 1) * grad_accum]:
-            loss = _loss(pm, *enc_train[j], device) / grad_accum
+            p, t, c = enc_train[j]
+            loss = _loss(pm, p, t, device, c, choice_weight) / grad_accum
             loss.backward()
             acc += float(loss.detach())
         opt.step()
